@@ -1,0 +1,1 @@
+"""Input/output at the edges: safe loading, checkpoints, pictures, the gallery."""

@@ -1,0 +1,157 @@
+"""What every built-in model offers: named layers and pure features functions.
+
+A model is a Flax NNX module `net` whose `__call__(x, taps)` runs f32[N,T,H,W,3] (already in
+the network's own value range and size) and reports each named activation to `taps`; `taps`
+stops the forward pass as soon as the requested layer has been computed, so a features
+function runs only the network up to its layer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kvjax.errors import unknown_name
+
+PRE = "pre-activation"    # the raw convolution output (what the reference code hooks)
+POST = "post-activation"  # after normalisation and the nonlinearity (kvjax's default)
+
+
+class LayerInfo(NamedTuple):
+    """One layer a kernel can be chosen from.
+
+    name: e.g. "Mixed_3b/Branch_1/Conv3d_0b_3x3"; channels: number of kernels;
+    shape: (t, h, w, C) for the model's default input; read: PRE or POST (what the objective reads).
+    """
+    name: str
+    channels: int
+    shape: tuple[int, ...]
+    read: str
+
+
+class _Reached(Exception):
+    def __init__(self, value):
+        self.value = value
+
+
+class Taps:
+    """Collects named activations; raises to stop the forward pass at `until`.
+
+    Models call `taps(name, x)` for every layer they expose and return `x` unchanged.
+    """
+
+    def __init__(self, until: str | None = None):
+        self.until = until
+        self.reads: dict[str, str] = {}
+        self.values: dict[str, jax.Array] = {}
+
+    def __call__(self, name: str, x: jax.Array, read: str = POST) -> jax.Array:
+        self.reads[name] = read
+        if self.until is None:
+            self.values[name] = x
+        elif name == self.until:
+            raise _Reached(x)
+        return x
+
+
+def run_until(net: nnx.Module, x: jax.Array, layer: str) -> jax.Array:
+    """net(x) evaluated only as far as `layer`; raises if the net never produced it."""
+    try:
+        net(x, Taps(layer))
+    except _Reached as r:
+        return r.value
+    raise KeyError(layer)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FeaturesFn:
+    """Static half of a features function: graph, layer and preprocessing (hashable)."""
+    graphdef: Any
+    layer: str
+    input_size: tuple[int, int, int]
+    value_range: tuple[float, float]
+
+    def __call__(self, state, video: jax.Array) -> jax.Array:
+        if video.ndim != 4 or video.shape[-1] != 3:
+            raise ValueError(f"features expects one video f32[T,H,W,3]; got {video.shape}")
+        x = resize_video(video, self.input_size)
+        lo, hi = self.value_range
+        x = x * (hi - lo) + lo
+        net = nnx.merge(self.graphdef, state)
+        return run_until(net, x[None], self.layer)[0]
+
+
+def resize_video(video: jax.Array, size: tuple[int, int, int]) -> jax.Array:
+    """Trilinear resize of f32[T,H,W,C] to (T', H', W'); identity when already that size."""
+    if tuple(video.shape[:3]) == tuple(size):
+        return video
+    return jax.image.resize(video, (*size, video.shape[-1]), method="linear")
+
+
+class VideoModel:
+    """A built-in 3D CNN with its weights, layer table and preprocessing.
+
+    name: registry name; net: the NNX module; input_size: default (T, H, W) the network sees;
+    value_range: (lo, hi) that pixels in [0, 1] are mapped to before the network.
+    """
+
+    def __init__(self, name: str, net: nnx.Module, input_size: tuple[int, int, int],
+                 value_range: tuple[float, float], description: str = ""):
+        self.name = name
+        self.net = net
+        self.input_size = tuple(input_size)
+        self.value_range = tuple(value_range)
+        self.description = description
+        self._layers: list[LayerInfo] | None = None
+
+    def layers(self, input_size: tuple[int, int, int] | None = None) -> list[LayerInfo]:
+        """Every layer in forward order, shapes for `input_size` (default: the model's)."""
+        size = tuple(input_size or self.input_size)
+        if size == self.input_size and self._layers is not None:
+            return self._layers
+        graphdef, state = nnx.split(self.net)
+        taps = Taps()
+
+        def all_taps(state, x):
+            taps.values.clear()
+            nnx.merge(graphdef, state)(x, taps)
+            return dict(taps.values)
+
+        shapes = jax.eval_shape(all_taps, state, jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
+        out = [LayerInfo(n, shapes[n].shape[-1], tuple(shapes[n].shape[1:]), read)
+               for n, read in taps.reads.items()]  # forward order (dicts come back sorted)
+        if size == self.input_size:
+            self._layers = out
+        return out
+
+    def layer_names(self) -> list[str]:
+        return [l.name for l in self.layers()]
+
+    def check_layer(self, layer: str) -> LayerInfo:
+        """The LayerInfo of `layer`, or a KvjaxError naming the closest valid layers."""
+        for info in self.layers():
+            if info.name == layer:
+                return info
+        raise unknown_name("layer", layer, self.layer_names(), where=f"in model {self.name!r}",
+                           hint=f"`kvjax layers --model {self.name}` lists them")
+
+    def features(self, layer: str, input_size: tuple[int, int, int] | None = None
+                 ) -> Callable[[jax.Array], jax.Array]:
+        """Pure f32[T,H,W,3] in [0,1] -> f32[t,h,w,C] activations of `layer`.
+
+        The video is resized (trilinear) to `input_size` (default: the model's) and mapped to
+        the model's value range. The result is a `jax.tree_util.Partial` whose leaves are the
+        weights, so jitted code that takes it as an argument gets the weights as arguments
+        (closed-over weights would be constant-folded by XLA).
+        """
+        self.check_layer(layer)
+        graphdef, state = nnx.split(self.net)
+        fn = _FeaturesFn(graphdef, layer, tuple(input_size or self.input_size), self.value_range)
+        return jax.tree_util.Partial(fn, state)
+
+    def __repr__(self) -> str:
+        n = sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(self.net)))
+        return f"VideoModel({self.name!r}, input {self.input_size}, {n:,} weights)"

