@@ -1,0 +1,104 @@
+"""The `kvjax` command: layers, visualize, convert, inspect.
+
+Every user error (KvjaxError) becomes one line on stderr and exit code 2, with nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kvjax.errors import KvjaxError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvjax", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lay = sub.add_parser("layers", help="list a model's layers, kernel counts and shapes")
+    _model_args(lay)
+    lay.add_argument("--size", type=_size, default=None, metavar="T,H,W",
+                     help="model input size for the shapes (default: the model's own)")
+
+    vis = sub.add_parser("visualize", help="optimal videos, textures and motion of kernels")
+    _model_args(vis)
+    vis.add_argument("--layer", default=None, help="layer name (see `kvjax layers`)")
+    vis.add_argument("--kernels", default=None, metavar="SPEC",
+                     help="'all', '0-63', '0,5,9' or '0-7,12' (default: the preset's first few)")
+    vis.add_argument("--preset", default="fast", choices=("fast", "paper"))
+    vis.add_argument("--steps1", type=int, default=None, help="stage-1 optimisation steps")
+    vis.add_argument("--steps2", type=int, default=None, help="stage-2 optimisation steps")
+    vis.add_argument("--size", type=_size, default=None, metavar="T,H,W",
+                     help="size of the optimised video")
+    vis.add_argument("--param", choices=("pixel", "spectral"), default=None,
+                     help="stage-1 video parameterisation")
+    vis.add_argument("--chunk", type=int, default=None, help="kernels per compiled program")
+    vis.add_argument("--seed", type=int, default=0)
+    vis.add_argument("--out", default="kvjax-out", help="output folder (default: kvjax-out)")
+    vis.add_argument("--resume", action="store_true",
+                     help="continue a run in --out (also automatic when --out holds the same run)")
+
+    conv = sub.add_parser("convert", help="convert a PyTorch checkpoint into a kvjax checkpoint")
+    conv.add_argument("src")
+    conv.add_argument("dst")
+    conv.add_argument("--arch", required=True)
+
+    ins = sub.add_parser("inspect", help="list a checkpoint's tensors and guess its architecture")
+    ins.add_argument("src")
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="i3d", help="built-in model name (default: i3d)")
+    p.add_argument("--checkpoint", default=None, help="converted checkpoint (kvjax convert)")
+
+
+def _size(text: str) -> tuple[int, int, int]:
+    try:
+        t, h, w = (int(v) for v in text.split(","))
+        if min(t, h, w) < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be three positive integers T,H,W, got {text!r}")
+    return t, h, w
+
+
+def cmd_layers(args) -> int:
+    from kvjax.models import load_model
+    model = load_model(args.model, args.checkpoint)
+    rows = model.layers(args.size)
+    size = args.size or model.input_size
+    print(f"{model.name}: {model.description}")
+    print(f"input {size[0]}x{size[1]}x{size[2]} (T x H x W), pixels [0,1] -> "
+          f"[{model.value_range[0]:g},{model.value_range[1]:g}]")
+    width = max(len(r.name) for r in rows)
+    print(f"{'layer':<{width}}  {'kernels':>7}  {'output t x h x w':>16}  objective reads")
+    for r in rows:
+        shape = "x".join(map(str, r.shape[:-1]))
+        print(f"{r.name:<{width}}  {r.channels:>7}  {shape:>16}  {r.read}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "layers":
+            return cmd_layers(args)
+        if args.command == "visualize":
+            from kvjax.commands.visualize import run
+            return run(args)
+        if args.command == "convert":
+            from converters.commands import convert
+            print(convert(args.src, args.dst, args.arch))
+            return 0
+        if args.command == "inspect":
+            from converters.commands import inspect
+            print(inspect(args.src))
+            return 0
+    except KvjaxError as e:
+        print(f"kvjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
