@@ -1,0 +1,89 @@
+"""Pictures, atomic writes, results.json, the gallery and resumable run state."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from kvjax.errors import KvjaxError
+from kvjax.io import atomic, figures, pictures, report
+from kvjax.io.run_state import RunStore
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    p = tmp_path / "a.txt"
+    atomic.write_text(p, "old")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(p) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("killed")
+    assert p.read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.txt"]  # no temporary left behind
+
+
+def test_gif_round_trip_keeps_frames(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(0, 1, (5, 12, 10, 3)).astype(np.float32)
+    frames[2] = 0.5  # a flat frame stays flat (no dithering)
+    pictures.save_gif(tmp_path / "v.gif", frames, scale=2)
+    back = pictures.read_gif(tmp_path / "v.gif")
+    assert back.shape == (5, 24, 20, 3)
+    want = pictures.upscale(pictures.to_uint8(frames), 2).astype(int)
+    assert np.abs(back.astype(int) - want).mean() < 6  # a 256-colour palette per frame
+    assert np.all(back[2] == back[2, 0, 0])
+
+
+def test_motion_frames_draw_the_flow_colours():
+    v = np.zeros((3, 32, 32, 2), np.float32)
+    v[..., 0] = 1.0  # content moving right: red in the colour code
+    frames = figures.motion_frames(v, 1.0, arrows=False)
+    assert frames.shape[0] == 3 and frames.dtype == np.uint8
+    red = (frames[..., 0] > 200) & (frames[..., 1] < 60) & (frames[..., 2] < 60)
+    assert red.mean() > 0.2
+
+
+def _entries():
+    files = {k: f"k0000_{k}.png" for k in ("stage1", "texture", "motion", "reconstruction")}
+    nums = dict(activation=2.5, activation_start=0.1, recon_mse=1e-3, direction_deg=90.0,
+                speed_px_per_frame=0.7, motion_fraction=0.4)
+    bad = dict(nums, activation=float("nan"))
+    return [report.kernel_entry(3, bad, files, False), report.kernel_entry(1, nums, files, True)]
+
+
+def test_results_json_schema_and_nan_as_null(tmp_path):
+    path = report.write_results(str(tmp_path), "i3d", "Mixed_3b", {"steps1": 5}, _entries())
+    doc = json.loads(open(path).read())
+    assert set(doc) == {"model", "layer", "config", "kernels"}
+    assert [k["kernel"] for k in doc["kernels"]] == [1, 3]
+    first = doc["kernels"][0]
+    assert set(first) == {"kernel", "activation", "activation_start", "recon_mse",
+                          "direction_deg", "speed_px_per_frame", "motion_fraction", "finite",
+                          "files"}
+    assert doc["kernels"][1]["activation"] is None and doc["kernels"][1]["finite"] is False
+
+
+def test_index_html_lists_every_kernel_and_picture(tmp_path):
+    path = report.write_index(str(tmp_path), "i3d", "Mixed_3b", _entries(), "sheet.png")
+    page = open(path).read()
+    assert page.count("<tr><td") == 2 and "sheet.png" in page and "k0000_motion.png" in page
+    assert "sortBy(5, true)" in page  # sorted by motion fraction on load
+
+
+def test_run_store_resumes_finished_chunks_and_refuses_other_settings(tmp_path):
+    store = RunStore(tmp_path)
+    settings = {"model": "i3d", "layer": "Conv3d_1a_7x7", "kernels": [0, 1, 2, 3], "seed": 0}
+    assert store.start(settings, resume=False) == settings
+    vids = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
+    store.save_chunk({"kernels": np.array([2, 3]), "videos": vids,
+                      "summary": {"speed": np.array([0.5, 1.5], np.float32)}})
+    os.makedirs(tmp_path / "state" / "chunk-00000-00001-2.orbax-checkpoint-tmp-123")  # killed
+    again = RunStore(tmp_path)
+    again.start(settings, resume=False)
+    done = again.finished()
+    assert sorted(done) == [2, 3]
+    np.testing.assert_array_equal(done[3]["videos"], vids[1])
+    assert float(done[2]["summary"]["speed"]) == 0.5
+    assert not any("tmp" in n for n in os.listdir(tmp_path / "state"))
+    with pytest.raises(KvjaxError, match="layer differ"):
+        again.start(dict(settings, layer="Mixed_3b"), resume=False)
+    assert again.start(dict(settings, layer="Mixed_3b"), resume=True) == settings
