@@ -95,17 +95,26 @@ class VideoModel:
     """A built-in 3D CNN with its weights, layer table and preprocessing.
 
     name: registry name; net: the NNX module; input_size: default (T, H, W) the network sees;
-    value_range: (lo, hi) that pixels in [0, 1] are mapped to before the network.
+    value_range: (lo, hi) that pixels in [0, 1] are mapped to before the network;
+    default_layer: what `kvjax visualize` shows when no layer is named.
     """
 
     def __init__(self, name: str, net: nnx.Module, input_size: tuple[int, int, int],
-                 value_range: tuple[float, float], description: str = ""):
+                 value_range: tuple[float, float], description: str = "",
+                 default_layer: str | None = None):
         self.name = name
         self.net = net
         self.input_size = tuple(input_size)
         self.value_range = tuple(value_range)
         self.description = description
         self._layers: list[LayerInfo] | None = None
+        self._default_layer = default_layer
+
+    @property
+    def default_layer(self) -> str:
+        """The layer `kvjax visualize` uses when none is named: the model's choice, else its
+        first layer read after a nonlinearity."""
+        return self._default_layer or next(l.name for l in self.layers() if l.read == POST)
 
     def layers(self, input_size: tuple[int, int, int] | None = None) -> list[LayerInfo]:
         """Every layer in forward order, shapes for `input_size` (default: the model's)."""

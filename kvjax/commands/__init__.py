@@ -1,0 +1,1 @@
+"""Implementations of the `kvjax` subcommands (argument parsing lives in kvjax.cli)."""
