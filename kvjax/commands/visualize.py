@@ -130,6 +130,10 @@ def run(args) -> int:
 
     done = store.finished()
     todo = [k for k in kernels if k not in done]
+    upscale = max(1, 224 // config.stage1.size[2])
+    for k in sorted(done):  # a run killed between saving a chunk and drawing it
+        if not all(os.path.exists(os.path.join(out, f)) for f in _file_names(k).values()):
+            _write_kernel(out, k, done[k], upscale)
     chunk = min(config.stage1.chunk_size, len(kernels))  # same shapes when resumed
     n_chunks = -(-len(todo) // chunk)
     print(f"kvjax visualize: {model.name} / {layer}, {len(kernels)} kernels "
@@ -138,7 +142,6 @@ def run(args) -> int:
           f"{'x'.join(map(str, config.input_size or model.input_size))}, "
           f"{n_chunks} chunk(s) of {chunk}, backend {jax.default_backend()}", flush=True)
     features = model.features(layer, input_size=config.input_size)
-    upscale = max(1, 224 // config.stage1.size[2])
     key = jax.random.key(settings["seed"])
     progress = Progress()
     t0 = time.time()

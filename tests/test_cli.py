@@ -1,0 +1,98 @@
+"""The `kvjax` command as a user runs it: a real process, exit codes, files on disk."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+TINY = ["--size", "4,32,32", "--steps1", "6", "--steps2", "6", "--seed", "3"]
+
+
+def kvjax(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "kvjax.cli", *args], capture_output=True,
+                          text=True, timeout=600, **kw)
+
+
+def test_layers_prints_the_i3d_table():
+    r = kvjax("layers")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    rows = [l for l in lines if l.startswith(("Conv3d", "MaxPool", "Mixed", "Logits"))]
+    assert len(rows) == 128
+    row = next(l.split() for l in rows if l.startswith("Mixed_3b/Branch_1/Conv3d_0b_3x3 "))
+    assert row[1:3] == ["128", "16x28x28"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--model", "i3dx"], "unknown model 'i3dx'; closest: i3d"),
+    (["--layer", "Mixed3b"], "unknown layer 'Mixed3b'.*closest: Mixed_3b"),
+    (["--kernels", "60-70"], "out of range.*64 kernels, 0-63"),
+    (["--layer", "Mixed_3b", "--kernels", "x"], "cannot read kernels"),
+])
+def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, args, msg):
+    out = tmp_path / "out"
+    r = kvjax("visualize", *args, "--out", str(out), *TINY)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kvjax visualize: error:")
+    import re
+    assert re.search(msg, err[0]), err[0]
+    assert not out.exists()
+
+
+def test_out_that_cannot_be_a_folder_is_refused(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("keep me")
+    for out in (afile, afile / "below"):
+        r = kvjax("visualize", "--out", str(out), *TINY)
+        assert r.returncode == 2 and "--out" in r.stderr, r.stderr
+    assert afile.read_text() == "keep me"
+
+
+def _results(out):
+    return {k["kernel"]: k for k in json.loads((out / "results.json").read_text())["kernels"]}
+
+
+def test_killed_run_resumes_keeping_finished_kernels(tmp_path):
+    """Kill a real run after its first chunk, rerun into the same folder, compare with a
+    run that was never interrupted (other chunking, same seed)."""
+    out = tmp_path / "run"
+    args = ["visualize", "--kernels", "0-3", "--chunk", "1", "--out", str(out), *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "kvjax.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = out / "state"
+    deadline = time.time() + 500
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_dir() and [n for n in os.listdir(state) if "tmp" not in n]:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stdout.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = sorted(n for n in os.listdir(state) if "tmp" not in n)
+    assert 1 <= len(first) < 4
+
+    r = kvjax(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"({len(first)} already done)" in r.stdout
+    resumed = _results(out)
+    assert sorted(resumed) == [0, 1, 2, 3]
+    for k, e in resumed.items():
+        for f in e["files"].values():
+            assert (out / f).stat().st_size > 0
+
+    fresh_out = tmp_path / "fresh"
+    r = kvjax("visualize", "--kernels", "0-3", "--chunk", "4", "--out", str(fresh_out), *TINY)
+    assert r.returncode == 0, r.stderr
+    fresh = _results(fresh_out)
+    for k in range(4):
+        for name in ("activation", "direction_deg", "speed_px_per_frame"):
+            np.testing.assert_allclose(resumed[k][name], fresh[k][name], rtol=2e-4, atol=1e-5)
+
+    # The same command again finds everything done and recomputes nothing.
+    r = kvjax(*args)
+    assert r.returncode == 0 and "(4 already done)" in r.stdout and "0 chunk(s)" in r.stdout
