@@ -1,0 +1,24 @@
+"""PyTorch (and Caffe2) checkpoints -> kvjax's converted Flax checkpoints.
+
+    kvjax convert SRC DST --arch ARCH      (converters.commands.convert)
+    kvjax inspect SRC                      (converters.commands.inspect)
+
+Three small steps, each in its own module:
+
+    load.py       read a file safely into {name: numpy array} (never runs code from the file)
+    tables.py     the registry of architecture tables and the layout changes they use
+    commands.py   `convert(src, dst, arch)` and `inspect(src)`, returning the text to print
+
+One explicit rename table per architecture (PyTorch name -> NNX state path + layout change,
+and the keys declared irrelevant), each beside the upstream layout it reads:
+
+    c3d.py            c3d                      DavideA/c3d-pytorch
+    pytorch_i3d.py    pytorch-i3d              piergiaj/pytorch-i3d
+    video_resnet.py   r3d_18 mc3_18 r2plus1d_18  torchvision.models.video
+    slowfast_i3d.py   slowfast-i3d-r50         facebookresearch/SlowFast (.pyth or Caffe2 .pkl)
+    videogpt.py       videogpt-vqvae           wilson1yan/VideoGPT (encoder of the VQ-VAE)
+    flownets.py       flownets                 ClementPinard/FlowNetPytorch
+
+The converted checkpoint (kvjax.io.model_checkpoint) is loaded by
+`kvjax.load_model(ARCH, checkpoint=DST)` without torch; torch is imported lazily, only here.
+"""

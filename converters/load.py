@@ -1,0 +1,200 @@
+"""Read a checkpoint file into a flat {name: numpy array} dict without running its code.
+
+Formats, chosen by content (and by extension where content is ambiguous):
+
+    .pt .pth .pth.tar .pickle .ckpt .pyth   torch.save files, zip or legacy, always read with
+                                            torch.load(weights_only=True, map_location="cpu")
+    .pkl                                    Caffe2 / Detectron pickles ({"blobs": {...}}),
+                                            read with kvjax's restricted unpickler (latin1)
+    .safetensors                            safetensors
+
+Containers are unwrapped: Lightning's {"state_dict": ...} with every key under "model.",
+PySlowFast's {"model_state": ...}, {"model": ...}, DataParallel's "module." prefixes, and
+Caffe2's {"blobs": ...} (optimizer blobs such as "*_momentum" dropped).
+
+A file that would import or call anything beyond tensors is refused with UnsafeFileError;
+a truncated or malformed one gives CorruptFileError naming the file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import zipfile
+from typing import Any, Mapping
+
+import numpy as np
+
+from kvjax.errors import CorruptFileError, KvjaxError, UnsafeFileError
+from kvjax.io import safe_pickle
+
+TORCH_EXTS = (".pt", ".pth", ".pth.tar", ".pickle", ".ckpt", ".pyth", ".bin", ".tar")
+CAFFE2_EXTS = (".pkl",)
+SAFETENSORS_EXTS = (".safetensors",)
+# Where trainers keep the weights inside a saved dict, tried in this order.
+_CONTAINER_KEYS = ("state_dict", "model_state", "model_state_dict", "model", "net", "blobs",
+                   "module")
+# Prefixes added by wrappers (DataParallel, Lightning, torch.compile), stripped when all keys share them.
+_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+# Caffe2 blobs that are bookkeeping, not weights (optimizer blobs end in "_momentum").
+_CAFFE2_SKIP = ("lr", "model_iter", "iter")
+# Plain data containers that training scripts put beside the weights (Lightning stores a
+# script's argparse Namespace as "hyper_parameters"); rebuilding one runs no user code.
+_DATA_ONLY_GLOBALS = [argparse.Namespace]
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """{name: array} of the weights in the checkpoint file at `path` (float arrays as float32)."""
+    return load_checkpoint(path)[0]
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """(tensors as `load_tensors` gives them, metadata): the metadata holds the training
+    hyper-parameters where the file records them (Lightning's "hyper_parameters", with an
+    argparse Namespace turned into a dict), else {}."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise KvjaxError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise KvjaxError(f"{path} is a directory; expected a checkpoint file "
+                         f"({', '.join(TORCH_EXTS + CAFFE2_EXTS + SAFETENSORS_EXTS)})")
+    if os.path.getsize(path) == 0:
+        raise CorruptFileError(f"{path} is empty")
+    lower = path.lower()
+    if lower.endswith(SAFETENSORS_EXTS):
+        obj = _load_safetensors(path)
+    elif lower.endswith(CAFFE2_EXTS) and not zipfile.is_zipfile(path):
+        obj = _load_plain_pickle(path, encoding="latin1")
+    else:
+        obj = _load_torch(path)
+    return _to_numpy(unwrap(obj, path), path), _metadata(obj)
+
+
+# ----------------------------------------------------------------------------------- readers
+
+def _load_torch(path: str) -> Any:
+    """torch.load(weights_only=True); plain (non-torch) pickles of numpy arrays fall back to
+    kvjax's restricted unpickler, which also decides whether a refused file is unsafe or corrupt."""
+    import pickle
+    import warnings
+
+    import torch
+
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(path)  # truncated zips lack a directory
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_DATA_ONLY_GLOBALS):
+            warnings.simplefilter("ignore")
+            return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "GLOBAL" in msg or "Unsupported global" in msg:
+            raise UnsafeFileError(f"refusing {path}: loading it would import code "
+                                  f"({_torch_reason(msg)}); only tensors and plain containers "
+                                  "are admitted") from None
+        if is_zip:
+            raise CorruptFileError(f"{path} is a torch zip file whose contents cannot be read "
+                                   f"safely: {_torch_reason(msg)}") from None
+        err = e
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError,
+            zipfile.BadZipFile, AttributeError, TypeError) as e:
+        if is_zip:
+            raise CorruptFileError(f"{path} is a truncated or corrupt torch zip file: "
+                                   f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        err = e
+    # Not a torch file we could read: a plain pickle of numpy arrays, or garbage.
+    try:
+        return _load_plain_pickle(path, encoding="latin1")
+    except CorruptFileError:
+        raise CorruptFileError(f"{path} is neither a torch checkpoint nor a pickle of arrays "
+                               f"(truncated or corrupt?): {type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:200] if str(err) else ''}") from None
+
+
+def _torch_reason(msg: str) -> str:
+    """The informative line of torch's weights-only error (e.g. 'unsupported GLOBAL posix.system')."""
+    for line in msg.splitlines():
+        if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line:
+            return line.strip()
+    return msg.splitlines()[-1].strip() if msg else "unknown"
+
+
+def _load_plain_pickle(path: str, encoding: str) -> Any:
+    with open(path, "rb") as f:
+        return safe_pickle.loads(f.read(), encoding=encoding, source=path)
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise KvjaxError("reading .safetensors needs the `safetensors` package: "
+                         "pip install safetensors") from None
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own SafetensorError and others
+        raise CorruptFileError(f"{path} is not a readable safetensors file: "
+                               f"{type(e).__name__}: {e}") from None
+
+
+# ------------------------------------------------------------------------------ unwrapping
+
+def _is_array(v: Any) -> bool:
+    return isinstance(v, np.ndarray) or type(v).__name__ in ("Tensor", "Parameter")
+
+
+def unwrap(obj: Any, path: str = "<checkpoint>") -> dict[str, Any]:
+    """The flat name -> tensor dict inside a saved object (see the module docstring)."""
+    if not isinstance(obj, Mapping):
+        raise KvjaxError(f"{path} holds a {type(obj).__name__}, not a dict of tensors; "
+                         "save `model.state_dict()` rather than the model object")
+    while not any(_is_array(v) for v in obj.values()):
+        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            raise KvjaxError(f"{path} holds no tensors at the top level nor under any of "
+                             f"{', '.join(_CONTAINER_KEYS)}; its keys: "
+                             f"{', '.join(map(str, list(obj)[:12]))}")
+        obj = inner
+    tensors = {str(k): v for k, v in obj.items() if _is_array(v)}
+    if any(k.endswith("_momentum") for k in tensors):  # Caffe2 optimizer state
+        tensors = {k: v for k, v in tensors.items()
+                   if not (k.endswith("_momentum") or k in _CAFFE2_SKIP)}
+    changed = True
+    while changed and tensors:
+        changed = False
+        for p in _WRAPPER_PREFIXES:
+            if all(k.startswith(p) for k in tensors):
+                tensors = {k[len(p):]: v for k, v in tensors.items()}
+                changed = True
+    return tensors
+
+
+def _to_numpy(tensors: Mapping[str, Any], path: str) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tensors.items():
+        if not isinstance(v, np.ndarray):
+            v = v.detach()
+            if v.is_floating_point():
+                v = v.float()
+            v = v.numpy()
+        if v.dtype.kind == "f" and v.dtype != np.float32:
+            v = v.astype(np.float32)
+        out[k] = v
+    if not out:
+        raise KvjaxError(f"{path} contains no tensors")
+    return out
+
+
+def _metadata(obj: Any) -> dict:
+    """Plain hyper-parameters recorded beside the weights (see `load_checkpoint`)."""
+    if not isinstance(obj, Mapping):
+        return {}
+    hp = obj.get("hyper_parameters")
+    if isinstance(hp, Mapping) and isinstance(hp.get("args"), argparse.Namespace):
+        hp = {**hp, **vars(hp["args"])}
+    if not isinstance(hp, Mapping):
+        return {}
+    plain = (int, float, str, bool, type(None))
+    return {"hyper_parameters": {
+        str(k): (list(v) if isinstance(v, (list, tuple)) else v) for k, v in hp.items()
+        if isinstance(v, plain) or (isinstance(v, (list, tuple))
+                                    and all(isinstance(e, plain) for e in v))}}

@@ -1,0 +1,73 @@
+"""VideoGPT VQ-VAE (wilson1yan/VideoGPT, a Lightning .ckpt of `VQVAE`) -> kvjax `videogpt-vqvae`.
+
+Only the encoder is converted; `decoder.*`, `post_vq_conv.*` and `codebook.*` are declared
+irrelevant (they never see the video). Keys -> kvjax state paths:
+    encoder.convs.I.conv.{weight,bias}           -> convs_I/{kernel,bias}
+    encoder.conv_last.conv.{weight,bias}         -> conv_last
+    encoder.res_stack.I.block.0.*  (BatchNorm)   -> res_I/bn0
+    encoder.res_stack.I.block.2.conv.weight      -> res_I/conv3     (3x3x3, C -> C/2)
+    encoder.res_stack.I.block.3.*                -> res_I/bn1
+    encoder.res_stack.I.block.5.conv.weight      -> res_I/conv1     (1x1x1, C/2 -> C)
+    encoder.res_stack.I.block.6.*                -> res_I/bn2
+    encoder.res_stack.I.block.8.attn_A.{w_qs,w_ks,w_vs}.weight (out, in) -> res_I/attn_A/... (in, out)
+    encoder.res_stack.I.block.8.attn_A.fc.{weight,bias}                   -> res_I/attn_A/fc
+    encoder.res_stack.N.*  (final BatchNorm)     -> res_bn
+    pre_vq_conv.conv.{weight,bias}               -> pre_vq_conv
+Config: n_hiddens, n_res_layers, embedding_dim from the shapes; downsample, sequence_length and
+resolution from the checkpoint's hyper-parameters (Lightning saves VideoGPT's args), else
+downsample (2^n,)*3 for n downsampling convs and the 16 x 64 x 64 default size.
+"""
+from __future__ import annotations
+
+import re
+
+from converters.tables import BN_IGNORE, Table, batchnorm, conv3d, linear, vector
+from kvjax.models import videogpt as model
+
+
+def config(tensors, meta=None) -> dict:
+    hp = dict((meta or {}).get("hyper_parameters") or {})
+    if "encoder.conv_last.conv.weight" not in tensors:
+        return {}
+    n_convs = len({m[1] for k in tensors if (m := re.match(r"encoder\.convs\.(\d+)\.", k))})
+    blocks = {int(m[1]) for k in tensors if (m := re.match(r"encoder\.res_stack\.(\d+)\.block", k))}
+    cfg = {"n_hiddens": int(tensors["encoder.conv_last.conv.weight"].shape[0]),
+           "n_res_layers": len(blocks),
+           "embedding_dim": int(tensors["pre_vq_conv.conv.weight"].shape[0])
+           if "pre_vq_conv.conv.weight" in tensors else model.DEFAULTS["embedding_dim"],
+           "downsample": [int(d) for d in hp.get("downsample", [2 ** n_convs] * 3)]}
+    for k in ("sequence_length", "resolution"):
+        if isinstance(hp.get(k), int):
+            cfg[k] = hp[k]
+    return cfg
+
+
+def mapping(n_hiddens=model.DEFAULTS["n_hiddens"], n_res_layers=model.DEFAULTS["n_res_layers"],
+            downsample=model.DEFAULTS["downsample"], embedding_dim=None, **_):
+    m = {}
+    for i in range(len(model.conv_strides(downsample))):
+        m[f"encoder.convs.{i}.conv.weight"] = ((f"convs_{i}", "kernel"), conv3d)
+        m[f"encoder.convs.{i}.conv.bias"] = ((f"convs_{i}", "bias"), vector)
+    m["encoder.conv_last.conv.weight"] = (("conv_last", "kernel"), conv3d)
+    m["encoder.conv_last.conv.bias"] = (("conv_last", "bias"), vector)
+    for i in range(n_res_layers):
+        t, p = f"encoder.res_stack.{i}.block", f"res_{i}"
+        m.update(batchnorm(f"{t}.0", (p, "bn0")))
+        m[f"{t}.2.conv.weight"] = ((p, "conv3", "kernel"), conv3d)
+        m.update(batchnorm(f"{t}.3", (p, "bn1")))
+        m[f"{t}.5.conv.weight"] = ((p, "conv1", "kernel"), conv3d)
+        m.update(batchnorm(f"{t}.6", (p, "bn2")))
+        for a in ("attn_w", "attn_h", "attn_t"):
+            for proj in ("w_qs", "w_ks", "w_vs", "fc"):
+                m[f"{t}.8.{a}.{proj}.weight"] = ((p, a, proj, "kernel"), linear)
+            m[f"{t}.8.{a}.fc.bias"] = ((p, a, "fc", "bias"), vector)
+    m.update(batchnorm(f"encoder.res_stack.{n_res_layers}", ("res_bn",)))
+    m["pre_vq_conv.conv.weight"] = (("pre_vq_conv", "kernel"), conv3d)
+    m["pre_vq_conv.conv.bias"] = (("pre_vq_conv", "bias"), vector)
+    return m
+
+
+TABLES = {"videogpt-vqvae": Table(
+    "videogpt-vqvae", config, mapping, model.make_net,
+    ignore=BN_IGNORE + ("decoder.*", "post_vq_conv.*", "codebook.*"),
+    source="wilson1yan/VideoGPT videogpt/vqvae.py")}

@@ -1,0 +1,168 @@
+"""Objectives: what stage 1 maximises, as a function of one layer's activations.
+
+An objective is called as `objective(acts, kernel) -> f32[]` with acts f32[t, h, w, C] (one
+video's activations, no batch axis) and `kernel` the kernel (channel) index, possibly traced,
+so one objective vmaps over many kernels. Objectives are always *maximised*: stage 1 minimises
+the negative internally and reports the objective itself, so larger is always better.
+
+They compose like Lucid's: `0.5 * channel() + neuron()` is an objective, evaluated as the same
+combination of the parts. Objectives are pytrees: array data (a direction vector) are leaves,
+everything else (positions, coefficients given as Python numbers) is static structure, so
+stage 1 passes the arrays to its compiled program as arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def _pytree(cls, data=(), meta=()):
+    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True, eq=False)(cls),
+                                            data_fields=list(data), meta_fields=list(meta))
+
+
+class Objective:
+    """Base class: callable (acts f32[t,h,w,C], kernel int) -> f32[], maximised."""
+
+    def __call__(self, acts: jax.Array, kernel) -> jax.Array:
+        raise NotImplementedError
+
+    def __add__(self, other):
+        if isinstance(other, (int, float)) and other == 0:
+            return self  # lets sum() start from 0
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return Sum((self, other))
+
+    __radd__ = __add__
+
+    def __mul__(self, coef):
+        if isinstance(coef, Objective):
+            return NotImplemented
+        return Scaled(coef, self)
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return Scaled(-1.0, self)
+
+    def __sub__(self, other):
+        return self + (-other)
+
+    def __truediv__(self, coef):
+        return Scaled(1.0 / coef, self)
+
+
+def _channel_of(acts: jax.Array, kernel) -> jax.Array:
+    """acts[..., kernel] for a traced kernel index: f32[t,h,w]."""
+    chex.assert_rank(acts, 4)
+    return jax.lax.dynamic_index_in_dim(acts, jnp.asarray(kernel, jnp.int32), axis=-1,
+                                        keepdims=False)
+
+
+class Channel(Objective):
+    """Mean of the kernel's channel over every position (t, h, w) of the layer: the paper's."""
+
+    def __call__(self, acts, kernel):
+        return jnp.mean(_channel_of(acts, kernel))
+
+
+Channel = _pytree(Channel)
+
+
+class Neuron(Objective):
+    """The kernel's activation at one position (t, h, w) of the layer's output.
+
+    position: (t, h, w) indices, or None for the centre ((n - 1) // 2 on each axis).
+    """
+    position: tuple[int, int, int] | None = None
+
+    def __call__(self, acts, kernel):
+        x = _channel_of(acts, kernel)
+        pos = self.position
+        if pos is None:
+            pos = tuple((n - 1) // 2 for n in x.shape)
+        if len(pos) != 3 or not all(-n <= p < n for p, n in zip(pos, x.shape)):
+            raise ValueError(f"neuron position must be (t, h, w) inside the layer's output "
+                             f"{x.shape}; got {pos}")
+        return x[tuple(pos)]
+
+
+Neuron = _pytree(Neuron, meta=("position",))
+
+
+class Direction(Objective):
+    """Mean over positions of <acts[t,h,w,:], v>, a direction in channel space.
+
+    vector: f32[C] (the same direction for every kernel; the kernel index is ignored) or
+    f32[N, C] (row `kernel` for kernel index `kernel`, to vmap over N directions).
+    Not normalised: scale `vector` to taste (Lucid's cosine-style variants are left out).
+    """
+    vector: jax.Array
+
+    def __call__(self, acts, kernel):
+        chex.assert_rank(acts, 4)
+        v = jnp.asarray(self.vector, acts.dtype)
+        if v.ndim == 2:
+            v = jax.lax.dynamic_index_in_dim(v, jnp.asarray(kernel, jnp.int32), 0, False)
+        if v.shape != acts.shape[-1:]:
+            raise ValueError(f"direction vector must have one entry per channel "
+                             f"({acts.shape[-1]}); got shape {self.vector.shape}")
+        return jnp.mean(acts @ v)
+
+
+Direction = _pytree(Direction, data=("vector",))
+
+
+class Sum(Objective):
+    """The sum of several objectives."""
+    terms: tuple
+
+    def __call__(self, acts, kernel):
+        return sum((t(acts, kernel) for t in self.terms[1:]), self.terms[0](acts, kernel))
+
+
+Sum = _pytree(Sum, data=("terms",))
+
+
+class Scaled(Objective):
+    """coef * objective (coef a Python number: static; an array: a traced leaf)."""
+    coef: float
+    objective: Objective
+
+    def __call__(self, acts, kernel):
+        return self.coef * self.objective(acts, kernel)
+
+
+Scaled = _pytree(Scaled, data=("coef", "objective"))
+
+
+def channel() -> Objective:
+    """The paper's objective: mean activation of the kernel's channel over all positions."""
+    return Channel()
+
+
+def neuron(position: Sequence[int] | None = None) -> Objective:
+    """The kernel's activation at `position` (t, h, w) of the layer output; None: centre."""
+    return Neuron(None if position is None else tuple(int(p) for p in position))
+
+
+def direction(vector) -> Objective:
+    """Mean over positions of the activations' dot product with `vector` (f32[C] or f32[N,C])."""
+    return Direction(jnp.asarray(vector, jnp.float32))
+
+
+def evaluate(objective: Objective, acts: jax.Array, kernel) -> jax.Array:
+    """objective(acts, kernel) as a float32 scalar, checking the shapes at the boundary."""
+    chex.assert_rank(acts, 4)
+    value = jnp.asarray(objective(acts, kernel), jnp.float32)
+    chex.assert_shape(value, ())
+    return value
+
+
+__all__ = ["Objective", "Channel", "Neuron", "Direction", "Sum", "Scaled",
+           "channel", "neuron", "direction", "evaluate"]

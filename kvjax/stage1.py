@@ -1,0 +1,412 @@
+"""Stage 1: activation maximisation, many kernels in one compiled program.
+
+Find for each kernel k a video V (f32[T, H, W, 3] in [0, 1]) maximising objective(features(
+transform(V)), k) (by default the paper's channel objective). The pieces are pure and optax
+shaped (STYLE.md item 1):
+
+    init(key, kernel, config) -> Stage1State        parameters, optimiser state, key
+    step(state, features, kernel, config, objective) -> (state, value)
+    run(state, features, kernel, config, n_steps, objective) -> (state, values f32[n_steps])
+
+and `optimize` vmaps them over kernels, in chunks of `config.chunk_size` kernels, running the
+steps as `lax.scan` segments of `config.progress_every` steps (one compiled program reused for
+every segment and every chunk) with a progress callback between segments.
+
+Reproducibility: kernel k uses the key jax.random.fold_in(key, k), so its result depends only
+on (key, k, config), not on chunking or on which other kernels run beside it.
+
+Weights: the array leaves of `features` (e.g. a `jax.tree_util.Partial` over model weights)
+and of the objective are passed to the compiled programs as arguments; everything else is
+static (part of the compilation key), as in equinox's filter_jit. Closing over the weights
+instead would let XLA constant-fold whole convolutions at compile time.
+
+NaN/inf: a step whose objective, gradient or new parameters are not finite is not applied;
+that kernel is frozen at its last finite state, reported in `Stage1Result.finite`, and its
+trace is NaN from then on. Other kernels are unaffected (nothing mixes across kernels).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kvjax import objectives as objectives_lib
+from kvjax import param as param_lib
+from kvjax import transforms as transforms_lib
+
+Features = Callable[[jax.Array], jax.Array]
+Progress = Callable[[int, int, int, int], Any]
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Config:
+    """Settings of stage 1 (hashable: it is part of the compiled programs' static key).
+
+    steps: optimisation steps per kernel. lr: Adam learning rate (used when `optimizer` is
+    None). size: (T, H, W) of the optimised video (the features function resizes it to the
+    model's input). param: "pixel" or "spectral" (see kvjax.param); init_sd: std of the
+    parameters' normal init; spectral_decay / spectral_time_weight: see param.spectral.
+    transform: a (key, video) -> video robustness transform drawn fresh each step (hashable,
+    e.g. transforms.Affine), or None for none. optimizer: an optax GradientTransformation, or
+    None for optax.adam(lr). chunk_size: kernels per compiled program (memory bound).
+    progress_every: steps per lax.scan segment (progress is reported between segments).
+    """
+    steps: int = 1500
+    lr: float = 0.05
+    size: tuple[int, int, int] = (16, 128, 128)
+    param: str = "pixel"
+    init_sd: float = 0.01
+    spectral_decay: float = 1.0
+    spectral_time_weight: float = 1.0
+    transform: Callable | None = dataclasses.field(default_factory=transforms_lib.Affine.paper)
+    optimizer: optax.GradientTransformation | None = None
+    chunk_size: int = 8
+    progress_every: int = 50
+
+    def __post_init__(self):
+        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        if len(self.size) != 3 or min(self.size) < 1:
+            raise ValueError(f"size must be (T, H, W), positive; got {self.size}")
+        if self.param not in param_lib.PARAMS:
+            raise ValueError(f"param must be one of {', '.join(param_lib.PARAMS)}; "
+                             f"got {self.param!r}")
+        for name in ("chunk_size", "progress_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if int(self.steps) < 0:
+            raise ValueError(f"steps must be >= 0; got {self.steps}")
+
+    @classmethod
+    def preset(cls, name: str = "fast", **overrides) -> "Stage1Config":
+        """The named preset with `overrides` applied (any field of this class).
+
+        "paper": the reference code's settings (METHOD.md): 16x128x128 raw pixels, init
+          N(0, 0.01^2), colour decorrelation + sigmoid, Adam lr 0.05, 1500 steps, and the
+          reference's one-sided, corner-centred 3D jitter/scale transform.
+        "fast": what lets the default CLI run finish stage 1 in minutes on a laptop CPU:
+          spectral param (decay 1.5), Adam lr 0.1, 100 steps, 16x64x64, kvjax's centred
+          symmetric transform `Affine()`; `FAST_NOTES` gives the measurements behind it.
+        """
+        presets = {"paper": PAPER, "fast": FAST}
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; valid: {', '.join(presets)}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(overrides) - fields)
+        if bad:
+            raise ValueError(f"unknown Stage1Config field(s) {bad}; valid: {sorted(fields)}")
+        return dataclasses.replace(presets[name], **overrides)
+
+    def make_param(self) -> param_lib.Param:
+        kw = dict(sd=self.init_sd)
+        if self.param == "spectral":
+            kw.update(decay=self.spectral_decay, time_weight=self.spectral_time_weight)
+        return param_lib.make(self.param, self.size, **kw)
+
+    def make_optimizer(self) -> optax.GradientTransformation:
+        return self.optimizer if self.optimizer is not None else optax.adam(self.lr)
+
+
+PAPER = Stage1Config(steps=1500, lr=0.05, size=(16, 128, 128), param="pixel", init_sd=0.01,
+                     transform=transforms_lib.Affine.paper())
+
+FAST_NOTES = """Why the `fast` preset is what it is (measured 2026-11-25 on this project's 2-core
+AMD EPYC CPU, shared with other jobs: load average 7-8, so absolute times are ~3-4x a quiet
+machine's). Built-in pretrained I3D, layer Conv3d_2c_3x3 (an early layer, after 3 convs + ReLU),
+kernels 0-3 vmapped, video 16x64x64 fed to the network at that size, centred transform
+`Affine()`, Adam, 100 steps. Mean objective (no transform) at step 0 -> step 100:
+
+    pixel     lr 0.05              0.50 -> 2.61      (the paper's param and lr)
+    pixel     lr 0.1               0.50 -> 3.16
+    spectral  lr 0.05, decay 1.0   0.50 -> 2.26
+    spectral  lr 0.1,  decay 1.0   0.50 -> 2.76
+    spectral  lr 0.1,  decay 1.5   0.51 -> 3.41      <- fast
+    spectral  lr 0.2,  decay 1.5   0.51 -> 3.69      (more saturated, noisier frames)
+
+Step time was the same for all (1.2-2.0 s per step for 4 kernels under that load): the network
+dominates, the parameterisation is free. Decay 1.5 rather than Lucid's 1: in 3D the number of
+Fourier modes at radius f grows as f^2, so 1/f amplitudes leave equal energy per unit frequency
+and high frequencies dominate; f^-1.5 restores the 2D case's energy falloff (f^2 * f^-3 = 1/f),
+and it measured best. All settings showed clear textures after 100 steps (contact sheets
+inspected by eye). Per-step objective under the transform, averaged over the 4 kernels: the
+paper's pixel lr 0.05 reaches 2.6 at step 95; spectral decay 1.5 lr 0.1 reaches it at step 30.
+
+The same comparison on 8 kernels of Mixed_3b (paper transform; benchmarks/results/stage1.md):
+after 25 / 100 steps, pixel lr 0.05: 1.92 / 4.02, pixel lr 0.1: 2.37 / 5.08, spectral decay 1.5
+lr 0.1: 3.55 / 6.23.
+
+Size 16x64x64 seen at that size by the network (kvjax.Config's `fast` sets the model input to
+the video size; I3D is fully convolutional up to Mixed_5c) is 8x fewer voxels than the paper's
+32x224x224 model input. This preset end to end, 8 kernels, quiet machine: Conv3d_2c_3x3 93 s
+(0.88 s per step, 13 s compile), Conv3d_1a_7x7 48 s (0.43 s per step); about 4x that under the
+load above. 64 px is still several receptive fields of early layers across; use --size for more.
+"""
+
+FAST = Stage1Config(steps=100, lr=0.1, size=(16, 64, 64), param="spectral", init_sd=0.01,
+                    spectral_decay=1.5, transform=transforms_lib.Affine(), chunk_size=8,
+                    progress_every=10)
+
+
+# ----------------------------------------------------------------------------- pure core
+
+class Stage1State(NamedTuple):
+    """One kernel's optimisation state. params: the parameterisation's pytree; opt_state:
+    the optimiser's; key: for the next transforms; finite: bool[] (False once a NaN/inf
+    step was refused: the kernel is frozen)."""
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    finite: jax.Array
+
+
+def init(key: jax.Array, kernel, config: Stage1Config) -> Stage1State:
+    """The initial state of `kernel`, from fold_in(key, kernel) only."""
+    k_param, k_steps = jax.random.split(jax.random.fold_in(key, kernel))
+    params = config.make_param().init(k_param)
+    return Stage1State(params, config.make_optimizer().init(params), k_steps,
+                       jnp.asarray(True))
+
+
+def render(state_or_params, config: Stage1Config) -> jax.Array:
+    """The video f32[T, H, W, 3] in [0, 1] of a state (or of bare params), no transform."""
+    params = state_or_params.params if isinstance(state_or_params, Stage1State) \
+        else state_or_params
+    video = config.make_param().render(params)
+    chex.assert_shape(video, (*config.size, 3))
+    return video
+
+
+def measure(params, features: Features, kernel, config: Stage1Config,
+            objective: objectives_lib.Objective | None = None) -> jax.Array:
+    """The objective of the rendered video, without any transform: f32[]."""
+    objective = objective or objectives_lib.channel()
+    return objectives_lib.evaluate(objective, features(render(params, config)), kernel)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def step(state: Stage1State, features: Features, kernel, config: Stage1Config,
+         objective: objectives_lib.Objective | None = None) -> tuple[Stage1State, jax.Array]:
+    """One optimiser step: (new state, objective value f32[] under this step's transform).
+
+    A step that would make anything non-finite is refused and the kernel frozen (finite=False);
+    the returned value is then NaN.
+    """
+    objective = objective or objectives_lib.channel()
+    transform = config.transform or transforms_lib.identity
+    key, k_tf = jax.random.split(state.key)
+
+    def loss(params):
+        video = transform(k_tf, render(params, config))
+        return -objectives_lib.evaluate(objective, features(video), kernel)  # maximise
+
+    neg_value, grads = jax.value_and_grad(loss)(state.params)
+    updates, opt_state = config.make_optimizer().update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = state.finite & jnp.isfinite(neg_value) & _all_finite(grads) & _all_finite(params)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new = Stage1State(keep(params, state.params), keep(opt_state, state.opt_state), key, ok)
+    return new, jnp.where(ok, -neg_value, jnp.nan)
+
+
+def run(state: Stage1State, features: Features, kernel, config: Stage1Config, n_steps: int,
+        objective: objectives_lib.Objective | None = None, n_active=None
+        ) -> tuple[Stage1State, jax.Array]:
+    """`n_steps` steps as one lax.scan: (state, values f32[n_steps]).
+
+    n_active (optional, may be traced but must not be batched): only the first n_active steps
+    run; the rest leave the state alone and report NaN (lets one compiled segment length
+    serve a shorter last segment).
+    """
+    def body(state, i):
+        if n_active is None:
+            return step(state, features, kernel, config, objective)
+        return jax.lax.cond(i < n_active,
+                            lambda s: step(s, features, kernel, config, objective),
+                            lambda s: (s, jnp.float32(jnp.nan)), state)
+
+    return jax.lax.scan(body, state, jnp.arange(n_steps))
+
+
+# ----------------------------------------------------------------------------- compiled programs
+
+class _Static:
+    """The non-array part of a pytree: its treedef and non-array leaves (hashable)."""
+
+    def __init__(self, treedef, leaves, is_array):
+        self.treedef, self.leaves, self.is_array = treedef, tuple(leaves), tuple(is_array)
+        try:
+            self._hash = hash((treedef, self.leaves, self.is_array))
+        except TypeError as e:
+            raise TypeError(
+                "stage 1 needs the non-array parts of `features` and `objective` to be "
+                f"hashable (they are compiled in as constants): {e}. Pass arrays as pytree "
+                "leaves, e.g. with jax.tree_util.Partial(fn, weights).") from None
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return (isinstance(other, _Static) and self.treedef == other.treedef
+                and self.is_array == other.is_array and self.leaves == other.leaves)
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+def partition(tree) -> tuple[list, _Static]:
+    """Split a pytree into its array leaves (jit arguments) and a hashable static rest."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    is_array = [_is_array(x) for x in leaves]
+    arrays = [x for x, a in zip(leaves, is_array) if a]
+    static = [None if a else x for x, a in zip(leaves, is_array)]
+    return arrays, _Static(treedef, static, is_array)
+
+
+def combine(arrays, static: _Static):
+    """Inverse of `partition`."""
+    it = iter(arrays)
+    leaves = [next(it) if a else x for x, a in zip(static.leaves, static.is_array)]
+    return jax.tree_util.tree_unflatten(static.treedef, leaves)
+
+
+def _program_config(config: Stage1Config) -> Stage1Config:
+    """The config with the fields that do not change compiled code zeroed, so that e.g. a
+    different step count or chunk size reuses the compiled programs."""
+    return dataclasses.replace(config, steps=0, chunk_size=1, progress_every=1)
+
+
+@functools.partial(jax.jit, static_argnames=("static", "config"))
+def _start(arrays, static, key, kernels, config):
+    features, objective = combine(arrays, static)
+    states = jax.vmap(init, in_axes=(None, 0, None))(key, kernels, config)
+    values = jax.vmap(measure, in_axes=(0, None, 0, None, None))(
+        states.params, features, kernels, config, objective)
+    return states, values
+
+
+@functools.partial(jax.jit, static_argnames=("static", "config", "n_steps"))
+def _segment(arrays, static, states, kernels, n_active, config, n_steps):
+    features, objective = combine(arrays, static)
+    go = lambda s, k: run(s, features, k, config, n_steps, objective, n_active)
+    return jax.vmap(go)(states, kernels)
+
+
+@functools.partial(jax.jit, static_argnames=("static", "config"))
+def _finish(arrays, static, states, kernels, config):
+    features, objective = combine(arrays, static)
+    videos = jax.vmap(render, in_axes=(0, None))(states.params, config)
+    values = jax.vmap(measure, in_axes=(0, None, 0, None, None))(
+        states.params, features, kernels, config, objective)
+    return videos, values
+
+
+def compiled_programs() -> int:
+    """How many programs stage 1 has compiled so far (for tests and benchmarks)."""
+    return sum(f._cache_size() for f in (_start, _segment, _finish))
+
+
+# ----------------------------------------------------------------------------- driver
+
+class Stage1Result(NamedTuple):
+    """Stage 1 for K kernels, in the order requested.
+
+    videos: f32[K, T, H, W, 3] in [0, 1], rendered without transform.
+    trace: f32[K, steps], the objective at each step (under that step's transform; NaN after
+      a kernel stopped being finite). activation: f32[K], the objective of `videos` (no
+      transform); activation_start: f32[K], the same at initialisation. finite: bool[K],
+      False where a NaN/inf occurred (that kernel's last finite state is returned).
+    """
+    videos: jax.Array
+    trace: jax.Array
+    activation: jax.Array
+    activation_start: jax.Array
+    finite: jax.Array
+
+
+def _segments(steps: int, every: int) -> tuple[int, int]:
+    """(number of segments, steps per segment) covering `steps` with the fewest padded steps."""
+    if steps == 0:
+        return 0, 1
+    n = math.ceil(steps / every)
+    return n, math.ceil(steps / n)
+
+
+def _chunks(n: int, chunk_size: int) -> tuple[int, int]:
+    """(number of chunks, kernels per chunk): equal chunks of at most chunk_size."""
+    n_chunks = math.ceil(n / chunk_size)
+    return n_chunks, math.ceil(n / n_chunks)
+
+
+def _check_kernels(kernels, features: Features, config: Stage1Config) -> np.ndarray:
+    kernels = np.asarray(list(kernels))
+    if kernels.ndim != 1 or kernels.size == 0 or not np.issubdtype(kernels.dtype, np.integer):
+        raise ValueError(f"kernels must be a non-empty sequence of channel indices; "
+                         f"got {kernels.tolist()!r}")
+    out = jax.eval_shape(features, jax.ShapeDtypeStruct((*config.size, 3), jnp.float32))
+    if len(out.shape) != 4:
+        raise ValueError(f"features must map f32[T,H,W,3] to f32[t,h,w,C]; for a "
+                         f"{(*config.size, 3)} video it gave {out.shape}")
+    channels = out.shape[-1]
+    bad = kernels[(kernels < 0) | (kernels >= channels)]
+    if bad.size:
+        raise ValueError(f"kernel indices {bad.tolist()} are out of range: this layer has "
+                         f"{channels} kernels (0-{channels - 1})")
+    return kernels.astype(np.int32)
+
+
+def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | None = None,
+             key: jax.Array | None = None, objective: objectives_lib.Objective | None = None,
+             progress: Progress | None = None) -> Stage1Result:
+    """Maximise `objective` (default: channel) for each kernel in `kernels`; see the module doc.
+
+    features: pure f32[T,H,W,3] in [0,1] -> f32[t,h,w,C] (one video, model preprocessing
+      included). kernels: channel indices (K of them, any order, repeats allowed).
+    key: a PRNG key (default jax.random.key(0)). progress(steps_done, steps_total, chunk_index,
+      n_chunks) is called after every scan segment.
+    """
+    config = config or Stage1Config.preset("fast")
+    key = jax.random.key(0) if key is None else key
+    objective = objective or objectives_lib.channel()
+    kernels = _check_kernels(kernels, features, config)
+    arrays, static = partition((features, objective))
+    prog = _program_config(config)
+    n_segments, seg_len = _segments(int(config.steps), int(config.progress_every))
+    n_chunks, chunk = _chunks(len(kernels), int(config.chunk_size))
+    padded = np.resize(kernels, n_chunks * chunk)  # pads by repeating from the start
+
+    outs = []
+    for c in range(n_chunks):
+        ks = jnp.asarray(padded[c * chunk:(c + 1) * chunk])
+        states, start = _start(arrays, static, key, ks, prog)
+        traces = []
+        for s in range(n_segments):
+            n_active = min(seg_len, config.steps - s * seg_len)
+            states, values = _segment(arrays, static, states, ks, jnp.int32(n_active), prog,
+                                      seg_len)
+            traces.append(values[:, :n_active])
+            if progress is not None:
+                jax.block_until_ready(values)
+                progress(s * seg_len + n_active, config.steps, c, n_chunks)
+        videos, final = _finish(arrays, static, states, ks, prog)
+        trace = jnp.concatenate(traces, 1) if traces else jnp.zeros((chunk, 0), jnp.float32)
+        outs.append((videos, trace, final, start, states.finite))
+
+    k = len(kernels)
+    result = Stage1Result(*(jnp.concatenate(parts)[:k] for parts in zip(*outs)))
+    chex.assert_shape(result.videos, (k, *config.size, 3))
+    chex.assert_shape(result.trace, (k, config.steps))
+    chex.assert_shape([result.activation, result.activation_start, result.finite], (k,))
+    return result

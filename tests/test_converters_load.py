@@ -1,0 +1,113 @@
+"""Safe loading of checkpoint files: every format, wrappers unwrapped, hostile files refused."""
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from converters.load import load_tensors  # noqa: E402
+from kvjax.errors import CorruptFileError, KvjaxError, UnsafeFileError  # noqa: E402
+
+SD = {"conv.weight": torch.arange(24, dtype=torch.float32).reshape(2, 3, 1, 2, 2),
+      "bn.running_mean": torch.ones(2), "bn.num_batches_tracked": torch.tensor(3)}
+
+
+def _check(got):
+    assert set(got) == set(SD)
+    np.testing.assert_array_equal(got["conv.weight"], SD["conv.weight"].numpy())
+    assert got["conv.weight"].dtype == np.float32
+
+
+class _RunsCode:
+    """Unpickling this calls os.system, which would create `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("name", ["w.pt", "w.pth", "w.pth.tar", "w.pickle"])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_torch_files(tmp_path, name, legacy):
+    torch.save(SD, tmp_path / name, _use_new_zipfile_serialization=not legacy)
+    _check(load_tensors(tmp_path / name))
+
+
+def test_lightning_ckpt_prefix_stripped(tmp_path):
+    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in SD.items()},
+                "optimizer_states": []}, tmp_path / "w.ckpt")
+    _check(load_tensors(tmp_path / "w.ckpt"))
+
+
+def test_pyslowfast_pyth_and_dataparallel(tmp_path):
+    torch.save({"epoch": 1, "model_state": {f"module.{k}": v for k, v in SD.items()}},
+               tmp_path / "w.pyth")
+    _check(load_tensors(tmp_path / "w.pyth"))
+
+
+def test_caffe2_pkl_blobs(tmp_path):
+    blobs = {"conv1_w": np.ones((2, 3, 1, 1, 1), np.float32), "conv1_w_momentum": np.ones(1),
+             "lr": np.array([0.1])}
+    with open(tmp_path / "w.pkl", "wb") as f:
+        pickle.dump({"blobs": blobs}, f, protocol=2)
+    got = load_tensors(tmp_path / "w.pkl")
+    assert list(got) == ["conv1_w"]
+
+
+def test_safetensors(tmp_path):
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in SD.items()}, str(tmp_path / "w.safetensors"))
+    _check(load_tensors(tmp_path / "w.safetensors"))
+
+
+@pytest.mark.parametrize("name", ["evil.pkl", "evil.pt", "evil.pickle"])
+def test_code_running_pickle_is_refused_and_never_runs(tmp_path, name):
+    marker = tmp_path / "MARKER"
+    with open(tmp_path / name, "wb") as f:
+        pickle.dump({"w": _RunsCode(marker)}, f)
+    with pytest.raises(UnsafeFileError, match="system"):
+        load_tensors(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_code_running_torch_zip_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "MARKER"
+    torch.save({"w": torch.zeros(2), "x": _RunsCode(marker)}, tmp_path / "evil.pth")
+    assert zipfile.is_zipfile(tmp_path / "evil.pth")
+    with pytest.raises(UnsafeFileError, match=r"evil\.pth"):
+        load_tensors(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_truncated_zip_is_corrupt_and_named(tmp_path):
+    torch.save(SD, tmp_path / "w.pth")
+    data = (tmp_path / "w.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match=r"cut\.pth.*(truncated|corrupt)"):
+        load_tensors(tmp_path / "cut.pth")
+
+
+@pytest.mark.parametrize("name", ["r.pt", "r.pkl", "r.safetensors", "r.pyth"])
+def test_random_bytes_are_corrupt(tmp_path, name):
+    (tmp_path / name).write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CorruptFileError, match=name.replace(".", r"\.")):
+        load_tensors(tmp_path / name)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(KvjaxError, match="not found"):
+        load_tensors(tmp_path / "nope.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CorruptFileError, match="empty"):
+        load_tensors(tmp_path / "empty.pth")
+
+
+def test_a_whole_model_object_is_refused(tmp_path):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "m.pth")  # pickles the class: needs code
+    with pytest.raises(UnsafeFileError, match=r"m\.pth"):
+        load_tensors(tmp_path / "m.pth")

@@ -1,0 +1,238 @@
+"""kvjax.ops against XLA's own lax.conv_general_dilated / lax.reduce_window (float32).
+
+Every kernel size, stride and padding the built-in models use, at small spatial sizes:
+values and gradients w.r.t. input and weights, plus jit, vmap over a leading kernel axis,
+and a second derivative.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from kvjax import ops
+
+# (name, x shape N,T,H,W,Cin, kernel kt,kh,kw, Cout, strides, padding)
+CONV_CASES = [
+    ("i3d_stem_7x7x7_s2", (1, 9, 13, 12, 3), (7, 7, 7), 8, (2, 2, 2), "SAME"),
+    ("i3d_1x1x1", (2, 4, 5, 6, 7), (1, 1, 1), 5, (1, 1, 1), "SAME"),
+    ("i3d_3x3x3", (1, 5, 7, 6, 6), (3, 3, 3), 9, (1, 1, 1), "SAME"),
+    ("valid_3x3x3", (1, 5, 7, 6, 4), (3, 3, 3), 3, (1, 1, 1), "VALID"),
+    ("c3d_3x3x3_pad1", (1, 4, 6, 7, 3), (3, 3, 3), 6, (1, 1, 1), ((1, 1), (1, 1), (1, 1))),
+    ("r3d_stem_3x7x7_s122", (1, 4, 14, 13, 3), (3, 7, 7), 6, (1, 2, 2), ((1, 1), (3, 3), (3, 3))),
+    ("r3d_3x3x3_s2_pad1", (1, 5, 8, 7, 4), (3, 3, 3), 6, (2, 2, 2), ((1, 1), (1, 1), (1, 1))),
+    ("r3d_shortcut_1x1x1_s2", (1, 5, 8, 7, 4), (1, 1, 1), 6, (2, 2, 2), ((0, 0), (0, 0), (0, 0))),
+    ("r21d_stem_1x7x7_s122", (1, 3, 12, 11, 3), (1, 7, 7), 5, (1, 2, 2), ((0, 0), (3, 3), (3, 3))),
+    ("r21d_3x1x1", (1, 5, 4, 4, 5), (3, 1, 1), 6, (1, 1, 1), ((1, 1), (0, 0), (0, 0))),
+    ("r21d_3x1x1_s2", (1, 6, 4, 4, 5), (3, 1, 1), 6, (2, 1, 1), ((1, 1), (0, 0), (0, 0))),
+    ("r21d_1x3x3", (1, 3, 6, 7, 4), (1, 3, 3), 5, (1, 1, 1), ((0, 0), (1, 1), (1, 1))),
+    ("r21d_1x3x3_s122", (1, 3, 8, 7, 4), (1, 3, 3), 5, (1, 2, 2), ((0, 0), (1, 1), (1, 1))),
+]
+
+
+def _ref_conv(x, w, strides, padding):
+    """XLA's 3D convolution; lax resolves "SAME" itself (independently of kvjax)."""
+    return lax.conv_general_dilated(x, w, strides, padding,
+                                    dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+
+def _value_and_grads(conv, x, w, ct):
+    """conv(x, w) and d<conv(x, w), ct>/d(x, w), jitted."""
+    def f(x, w):
+        y = conv(x, w)
+        return jnp.sum(y * ct), y
+    (_, y), g = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(x, w)
+    return y, g
+
+
+def _close(a, b, rtol=2e-5):
+    """|a - b| small relative to the scale of the reference b."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = max(np.abs(b).max(), 1e-6)
+    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * scale)
+
+
+def _normal(shape, seed):
+    """Random f32 from numpy: eager jax.random would compile a program per shape."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
+
+
+def _inputs(x_shape, kernel, cout, seed=0):
+    return _normal(x_shape, seed), _normal((*kernel, x_shape[-1], cout), seed + 100)
+
+
+def _check_conv(case, impls):
+    _, x_shape, kernel, cout, strides, padding = case
+    x, w = _inputs(x_shape, kernel, cout)
+    ct = _normal(jax.eval_shape(lambda x, w: _ref_conv(x, w, strides, padding), x, w).shape, 1)
+    y_ref, (gx_ref, gw_ref) = _value_and_grads(
+        lambda x, w: _ref_conv(x, w, strides, padding), x, w, ct)
+    for impl in impls:
+        y, (gx, gw) = _value_and_grads(
+            lambda x, w: ops.conv3d(x, w, strides, padding, impl=impl), x, w, ct)
+        _close(y, y_ref)
+        _close(gx, gx_ref)
+        _close(gw, gw_ref)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_conv3d_matches_native(case):
+    """The CPU choice (what the models run) for every shape the built-in models use."""
+    _check_conv(case, ["cpu"])
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[6], CONV_CASES[0], CONV_CASES[12]],
+                         ids=lambda c: c[0])
+def test_every_strategy_matches_native(case):
+    """Each formulation, whether or not the CPU rule picks it now, on strided/asymmetric cases."""
+    kernel = case[2]
+    impls = ["taps2d", "fold2d", "s2d"] + (["im2col"] if np.prod(kernel) <= 27 else [])
+    _check_conv(case, impls + (["dot"] if kernel == (1, 1, 1) else []))
+
+
+def test_dot_strategy_matches_native():
+    _check_conv(CONV_CASES[7], ["dot", "taps2d", "fold2d", "s2d", "im2col"])
+
+
+def test_same_padding_is_tensorflow_rule():
+    # I3D stem: 224 -> 112 with k=7, s=2 needs 5 cells: 2 before, 3 after (TF puts more after).
+    assert ops.resolve_padding((32, 224, 224), (7, 7, 7), (2, 2, 2), "SAME") == ((2, 3),) * 3
+    assert ops.resolve_padding((16, 56, 56), (3, 3, 3), (1, 1, 1), "SAME") == ((1, 1),) * 3
+    assert ops.resolve_padding((8, 9, 10), (3, 3, 3), (2, 2, 2), "VALID") == ((0, 0),) * 3
+
+
+def test_asymmetric_same_differs_from_symmetric():
+    # The comparison can fail: the stem under SAME is not the stem under symmetric padding.
+    x, w = _inputs((1, 8, 12, 12, 3), (7, 7, 7), 4)
+    same, sym = jax.jit(lambda x, w: (ops.conv3d(x, w, (2, 2, 2), "SAME"),
+                                      ops.conv3d(x, w, (2, 2, 2), ((3, 3),) * 3)))(x, w)
+    assert same.shape == sym.shape
+    assert np.abs(np.asarray(same - sym)).max() > 1e-2 * np.abs(np.asarray(same)).max()
+
+
+def test_cpu_default_avoids_xla_3d_conv():
+    x, w = _inputs((1, 4, 8, 8, 3), (3, 3, 3), 4)
+    grad = jax.grad(lambda x: jnp.sum(ops.conv3d(x, w, (1, 1, 1), "SAME", impl="cpu")))
+    jaxpr = str(jax.make_jaxpr(grad)(x))
+    assert "DHWIO" not in jaxpr and "NDHWC" not in jaxpr
+    if jax.default_backend() == "cpu":
+        assert str(jax.make_jaxpr(lambda x: ops.conv3d(x, w))(x)) == str(
+            jax.make_jaxpr(lambda x: ops.conv3d(x, w, impl="cpu"))(x))
+
+
+def test_vmap_of_input_gradient_over_kernel_axis():
+    # Stage 1: K videos, each pushed towards its own channel; vmap(grad) over K.
+    k = 3
+    x, w = _inputs((k, 1, 5, 9, 8, 3), (3, 3, 3), 4)
+
+    def objective(conv, video, channel):
+        return jnp.mean(conv(video, w, (1, 2, 2), "SAME")[..., channel])
+
+    channels = jnp.arange(k)
+    ours = jax.jit(jax.vmap(jax.grad(lambda v, c: objective(ops.conv3d, v, c))))(x, channels)
+    ref = jnp.stack([jax.jit(jax.grad(lambda v: objective(_ref_conv, v, i)))(x[i])
+                     for i in range(k)])
+    _close(ours, ref)
+
+
+def test_vmap_over_weights_and_inputs():
+    x, w = _inputs((2, 1, 4, 6, 6, 3), (3, 3, 3), 4)
+    w = jnp.stack([w, -2.0 * w])
+    ours = jax.jit(jax.vmap(lambda x, w: ops.conv3d(x, w, (1, 1, 1), "SAME")))(x, w)
+    ref = jax.jit(lambda x, w: jnp.stack([_ref_conv(x[i], w[i], (1, 1, 1), "SAME")
+                                          for i in range(2)]))(x, w)
+    _close(ours, ref)
+
+
+def test_second_derivative():
+    # Forward-over-reverse (Hessian-vector product) through the CPU formulation.
+    x, w = _inputs((1, 4, 6, 6, 2), (3, 3, 3), 3)
+    v = _normal(x.shape, 3)
+
+    def hvp(conv):
+        f = lambda x: jnp.sum(jnp.tanh(conv(x, w, (1, 1, 1), "SAME")))  # noqa: E731
+        return jax.jit(lambda x, v: jax.jvp(jax.grad(f), (x,), (v,))[1])(x, v)
+    _close(hvp(ops.conv3d), hvp(_ref_conv), rtol=1e-4)
+
+
+def test_conv3d_rejects_bad_input():
+    x, w = _inputs((1, 4, 6, 6, 2), (3, 3, 3), 3)
+    with pytest.raises(ValueError, match="Cin"):
+        ops.conv3d(x, w[..., :1, :])
+    with pytest.raises(ValueError, match="impl"):
+        ops.conv3d(x, w, impl="nope")
+    with pytest.raises(ValueError, match="padding"):
+        ops.conv3d(x, w, padding="FULL")
+
+
+# (name, x shape, window, strides, padding)
+MAX_POOL_CASES = [
+    ("i3d_1x3x3_s122", (1, 3, 11, 12, 4), (1, 3, 3), (1, 2, 2), "SAME"),
+    ("i3d_3x3x3_s1", (1, 4, 7, 6, 4), (3, 3, 3), (1, 1, 1), "SAME"),
+    ("i3d_3x3x3_s2", (1, 5, 7, 8, 4), (3, 3, 3), (2, 2, 2), "SAME"),
+    ("i3d_2x2x2_s2", (1, 5, 7, 6, 4), (2, 2, 2), (2, 2, 2), "SAME"),
+    ("c3d_1x2x2", (1, 4, 8, 6, 4), (1, 2, 2), (1, 2, 2), "VALID"),
+    ("c3d_2x2x2", (1, 4, 8, 6, 4), (2, 2, 2), (2, 2, 2), "VALID"),
+    ("c3d_pool5_pad011", (1, 4, 5, 5, 4), (2, 2, 2), (2, 2, 2), ((0, 0), (1, 1), (1, 1))),
+]
+
+
+def _ref_pool(x, init, op, window, strides, padding):
+    pad = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
+    return lax.reduce_window(x, init, op, (1, *window, 1), (1, *strides, 1), pad)
+
+
+def _pool_value_and_grad(pool, x, ct):
+    def f(x):
+        y = pool(x)
+        return jnp.sum(y * ct), y
+    (_, y), g = jax.jit(jax.value_and_grad(f, has_aux=True))(x)
+    return y, g
+
+
+@pytest.mark.parametrize("case", MAX_POOL_CASES, ids=[c[0] for c in MAX_POOL_CASES])
+def test_max_pool_matches_reduce_window(case):
+    # Random normal inputs: ties have probability ~0, so the argmax (and gradient) is unique.
+    _, shape, window, strides, padding = case
+    x = _normal(shape, 0)
+    ref_fn = lambda x: _ref_pool(x, -jnp.inf, lax.max, window, strides, padding)  # noqa: E731
+    ct = _normal(jax.eval_shape(ref_fn, x).shape, 1)
+    y_ref, g_ref = _pool_value_and_grad(ref_fn, x, ct)
+    for impl in ("cpu", "separable", "native"):
+        y, g = _pool_value_and_grad(
+            lambda x: ops.max_pool3d(x, window, strides, padding, impl=impl), x, ct)
+        _close(y, y_ref, rtol=0)
+        _close(g, g_ref, rtol=1e-6)  # gradient sums may round in another order
+
+
+def test_max_pool_padding_never_wins():
+    x = -10.0 - jnp.abs(_normal((1, 3, 5, 5, 2), 0))  # all below the pad 0
+    y = jax.jit(lambda x: ops.max_pool3d(x, (3, 3, 3), (2, 2, 2), "SAME"))(x)
+    assert float(y.max()) < -10.0
+
+
+@pytest.mark.parametrize("window,strides,shape", [((2, 7, 7), (1, 1, 1), (2, 4, 7, 7, 5)),
+                                                  ((2, 2, 2), (2, 2, 2), (1, 4, 6, 6, 3))])
+def test_avg_pool_matches_reduce_window(window, strides, shape):
+    x = _normal(shape, 0)
+    n = float(np.prod(window))
+    ref_fn = lambda x: _ref_pool(x, 0.0, lax.add, window, strides, "VALID") / n  # noqa: E731
+    ct = _normal(jax.eval_shape(ref_fn, x).shape, 1)
+    y_ref, g_ref = _pool_value_and_grad(ref_fn, x, ct)
+    for impl in ("cpu", "separable", "native"):
+        y, g = _pool_value_and_grad(
+            lambda x: ops.avg_pool3d(x, window, strides, "VALID", impl=impl), x, ct)
+        _close(y, y_ref)
+        _close(g, g_ref)
+
+
+def test_max_pool_vmap_grad():
+    x = _normal((3, 1, 4, 7, 7, 2), 0)
+    f = lambda pool: lambda v: jnp.sum(pool(v) ** 2)  # noqa: E731
+    ours = jax.jit(jax.vmap(jax.grad(f(lambda v: ops.max_pool3d(v, (3, 3, 3), (2, 2, 2))))))(x)
+    ref = jax.jit(jax.vmap(jax.grad(f(lambda v: _ref_pool(v, -jnp.inf, lax.max, (3, 3, 3),
+                                                  (2, 2, 2), "SAME")))))(x)
+    _close(ours, ref, rtol=1e-6)

@@ -1,0 +1,76 @@
+"""kvjax.param: parameterisations render valid videos; zero params are flat grey."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kvjax import param
+
+SIZE = (4, 8, 10)
+
+
+@pytest.mark.parametrize("make", [param.pixel, param.spectral])
+def test_zero_params_render_flat_grey(make):
+    p = make(SIZE)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, p.init(jax.random.key(0)))
+    np.testing.assert_allclose(p.render(zeros), 0.5, atol=1e-7)
+
+
+@pytest.mark.parametrize("make", [param.pixel, param.spectral])
+def test_render_shape_range_and_init_scale(make):
+    p = make(SIZE)
+    params = p.init(jax.random.key(0))
+    np.testing.assert_allclose(jnp.std(params), 0.01, rtol=0.2)
+    video = p.render(params)
+    assert video.shape == (*SIZE, 3) and video.dtype == jnp.float32
+    assert bool(jnp.all((video > 0) & (video < 1)))
+    big = jax.tree_util.tree_map(lambda x: 1e3 * x, params)  # sigmoid keeps it in range
+    assert bool(jnp.all((p.render(big) >= 0) & (p.render(big) <= 1)))
+
+
+def test_color_matrix_columns_scaled_by_largest_norm():
+    norms = np.linalg.norm(param.COLOR_CORRELATION_NORMALIZED, axis=0)
+    assert norms.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(param.COLOR_CORRELATION_NORMALIZED * np.linalg.norm(
+        param.COLOR_CORRELATION_SVD_SQRT, axis=0).max(), param.COLOR_CORRELATION_SVD_SQRT,
+        rtol=1e-6)
+
+
+def test_spectral_dc_coefficient_gives_a_constant_colour():
+    p = param.spectral(SIZE)
+    params = jnp.zeros((2, *SIZE[:2], SIZE[2] // 2 + 1, 3)).at[0, 0, 0, 0, 0].set(1e-3)
+    video = p.render(params)
+    assert float(jnp.ptp(video[..., 0])) < 1e-6 and float(jnp.abs(video[0, 0, 0, 0] - 0.5)) > 1e-6
+
+
+def test_spectral_scale_is_one_over_frequency():
+    t, h, w = SIZE
+    s = param.spectrum_scale(SIZE)
+    n = np.sqrt(t * h * w)
+    assert s[0, 0, 0] == pytest.approx(n * max(SIZE))               # DC: the floor 1/max(T,H,W)
+    assert s[1, 0, 0] == pytest.approx(n * t)                       # f_t = 1/T cycles per frame
+    assert s[0, 0, 2] == pytest.approx(n * w / 2)                   # f_w = 2/W
+    assert param.spectrum_scale(SIZE, time_weight=2.0)[1, 0, 0] == pytest.approx(n * t / 2)
+
+
+def test_spectral_low_frequencies_dominate():
+    """Random params render smoother than pixel noise, the more so the larger the decay."""
+    size = (8, 32, 32)
+
+    def rough(p):  # neighbour differences relative to the spread, in w and in t
+        v = p.render(p.init(jax.random.key(1)))
+        return float((jnp.mean(jnp.abs(jnp.diff(v, axis=2))) +
+                      jnp.mean(jnp.abs(jnp.diff(v, axis=0)))) / jnp.std(v))
+
+    r_pixel = rough(param.pixel(size, sd=0.1))
+    r1, r2 = (rough(param.spectral(size, sd=0.1, decay=d)) for d in (1.0, 2.0))
+    assert r2 < 0.5 * r1 and r1 < r_pixel
+
+
+def test_constructors_are_cached_and_checked():
+    assert param.pixel(SIZE) is param.pixel(SIZE)
+    assert param.make("spectral", SIZE) is param.spectral(SIZE)
+    with pytest.raises(ValueError, match="valid: pixel, spectral"):
+        param.make("fourier", SIZE)
+    with pytest.raises(ValueError, match="T, H, W"):
+        param.pixel((4, 8))

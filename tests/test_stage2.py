@@ -1,0 +1,282 @@
+"""Stage 2 on videos with known motion, plus the batching/key/compile properties.
+
+Velocities in this file are CONTENT velocities in IMAGE coordinates (x right, y DOWN), px per
+frame; the summary reports directions on screen (y UP): (1, 0) -> 0 deg, (0, -1) -> 90 deg,
+(-1, 0) -> 180 deg, (0, 1) -> 270 deg.
+
+The synthetic videos are sums of sinusoids evaluated at the moved coordinates, so every
+sub-pixel translation or rotation is exact (no interpolation in the ground truth).
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kvjax import stage2
+from kvjax.errors import KvjaxError
+
+T, H, W = 16, 64, 64
+TRANSLATIONS = [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0), (0.5, 0.5)]
+SCREEN_DEG = [0.0, 270.0, 180.0, 90.0, 315.0]
+OMEGA = 1.5  # deg/frame, about 0.8 px/frame at the rim of the 64 x 64 frame
+GRATING = dict(direction_deg=30.0, speed=1.0, period=8.0)  # moves 15 px over the clip
+
+
+def _grid(h=H, w=W):
+    return np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64),
+                       indexing="ij")[::-1]  # x, y
+
+
+def _smooth_texture(seed, x, y, n=24):
+    """A smooth random colour texture f(x, y) -> [..., 3]: n plane waves, periods 10-40 px."""
+    rng = np.random.default_rng(seed)
+    f = rng.uniform(1 / 40, 1 / 10, n)
+    th = rng.uniform(0, 2 * np.pi, n)
+    phase = rng.uniform(0, 2 * np.pi, (n, 3))
+    amp = rng.normal(size=(n, 3))
+    out = 0.0
+    for i in range(n):
+        arg = 2 * np.pi * f[i] * (np.cos(th[i]) * x + np.sin(th[i]) * y)
+        out = out + amp[i] * np.cos(arg[..., None] + phase[i])
+    return out
+
+
+def _to_unit(v):
+    return (0.5 + 0.45 * v / np.abs(v).max()).astype(np.float32)
+
+
+def translating_video(seed, vx, vy, t=T, h=H, w=W):
+    x, y = _grid(h, w)
+    return _to_unit(np.stack([_smooth_texture(seed, x - vx * s, y - vy * s) for s in range(t)]))
+
+
+def rotating_video(seed, omega_deg, t=T, h=H, w=W):
+    """Content turning about the centre by omega_deg per frame, positive = +x towards +y in
+    image coordinates (clockwise on screen); its velocity field has curl 2 * omega (image
+    coords: d vy/dx - d vx/dy)."""
+    x, y = _grid(h, w)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    frames = []
+    for s in range(t):
+        a = -np.radians(omega_deg) * s  # V_t(p) = I0(R(-omega t)(p - c) + c)
+        xs = np.cos(a) * (x - cx) - np.sin(a) * (y - cy) + cx
+        ys = np.sin(a) * (x - cx) + np.cos(a) * (y - cy) + cy
+        frames.append(_smooth_texture(seed, xs, ys))
+    return _to_unit(np.stack(frames))
+
+
+def grating_video(direction_deg, speed, period, t=T, h=H, w=W):
+    """A saturated (sigmoid, gain 6) colour grating drifting at `speed` px/frame towards the
+    on-screen direction `direction_deg`: periodic, nearly binary, and moving far."""
+    x, y = _grid(h, w)
+    ux, uy = np.cos(np.radians(direction_deg)), -np.sin(np.radians(direction_deg))
+    frames = []
+    for s in range(t):
+        phase = 2 * np.pi * ((x * ux + y * uy) - speed * s) / period
+        grey = 1 / (1 + np.exp(-6 * np.sin(phase)))
+        frames.append(np.stack([grey, 0.3 + 0.4 * grey, 1 - grey], -1))
+    return np.stack(frames).astype(np.float32)
+
+
+def _angle_err(a, b):
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+def _corr(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def _mean_curl(velocity):
+    """Mean of d vy/dx - d vx/dy (image coords) over frames 1.. and the interior."""
+    v = np.asarray(velocity)[1:, 8:-8, 8:-8]
+    dvy_dx = np.gradient(v[..., 1], axis=2)
+    dvx_dy = np.gradient(v[..., 0], axis=1)
+    return float(np.mean(dvy_dx - dvx_dy))
+
+
+def _decompose_ground_truth(preset):
+    """One vmapped decompose over every ground-truth case: 5 translations, a static video,
+    two rotations (+, -) and a drifting grating, in this order."""
+    videos = [translating_video(i, vx, vy) for i, (vx, vy) in enumerate(TRANSLATIONS)]
+    videos.append(translating_video(7, 0.0, 0.0))             # static
+    videos.append(rotating_video(8, OMEGA))
+    videos.append(rotating_video(9, -OMEGA))
+    videos.append(grating_video(**GRATING))
+    videos = jnp.asarray(np.stack(videos))
+    start = time.perf_counter()
+    dec = jax.block_until_ready(stage2.decompose(videos, stage2.Stage2Config.preset(preset),
+                                                 jax.random.key(0)))
+    seconds = time.perf_counter() - start
+    print(f"\nstage-2 {preset} preset, {videos.shape[0]} videos {videos.shape[1:]}: "
+          f"{seconds:.1f} s")
+    return np.asarray(videos), jax.tree.map(np.asarray, dec), seconds
+
+
+@pytest.fixture(scope="module")
+def ground_truth():
+    return _decompose_ground_truth("fast")
+
+
+@pytest.mark.slow
+def test_paper_preset_recovers_the_motion():
+    """The paper preset (2000 steps from noise, weight-1 TV on I): motion right, texture flat."""
+    _, dec, _ = _decompose_ground_truth("paper")
+    for i, ((vx, vy), deg) in enumerate(zip(TRANSLATIONS, SCREEN_DEG)):
+        assert _angle_err(dec.summary["direction_deg"][i], deg) < 10.0
+        assert abs(dec.summary["speed_px_per_frame"][i] - np.hypot(vx, vy)) < 0.25
+    assert dec.summary["speed_px_per_frame"][5] < 0.1
+    assert _mean_curl(dec.velocity[6]) > 0 > _mean_curl(dec.velocity[7])
+    assert _angle_err(dec.summary["direction_deg"][8], GRATING["direction_deg"]) < 10.0
+
+
+def test_translations_direction_speed_and_texture(ground_truth):
+    videos, dec, _ = ground_truth
+    rows = []
+    for i, ((vx, vy), deg) in enumerate(zip(TRANSLATIONS, SCREEN_DEG)):
+        d_err = _angle_err(dec.summary["direction_deg"][i], deg)
+        s_err = dec.summary["speed_px_per_frame"][i] - np.hypot(vx, vy)
+        c = _corr(dec.texture[i, 4:-4, 4:-4], videos[i, 0, 4:-4, 4:-4])
+        rows.append(((vx, vy), d_err, s_err, c))
+        print(f"v=({vx:+.1f},{vy:+.1f}) direction error {d_err:.2f} deg, speed error "
+              f"{s_err:+.3f} px/frame, texture corr {c:.4f}")
+    for v, d_err, s_err, c in rows:
+        assert d_err < 10.0, (v, d_err)
+        assert abs(s_err) < 0.25, (v, s_err)
+        assert c > 0.9, (v, c)
+
+
+def test_static_video_has_no_motion(ground_truth):
+    videos, dec, _ = ground_truth
+    assert dec.summary["speed_px_per_frame"][5] < 0.1
+    assert dec.summary["motion_fraction"][5] == 0.0
+    assert _corr(dec.texture[5], videos[5, 0]) > 0.9
+
+
+def test_rotation_curl_has_the_right_sign(ground_truth):
+    _, dec, _ = ground_truth
+    curl_pos, curl_neg = _mean_curl(dec.velocity[6]), _mean_curl(dec.velocity[7])
+    true = 2 * np.radians(OMEGA)
+    print(f"mean curl {curl_pos:+.4f} / {curl_neg:+.4f}, true {true:+.4f} / {-true:+.4f}")
+    assert curl_pos > 0.25 * true and curl_neg < -0.25 * true
+
+
+def test_saturated_grating_moving_far(ground_truth):
+    """METHOD.md's hard case: a periodic, saturated pattern that moves 15 px over the clip."""
+    _, dec, _ = ground_truth
+    d_err = _angle_err(dec.summary["direction_deg"][8], GRATING["direction_deg"])
+    s_err = dec.summary["speed_px_per_frame"][8] - GRATING["speed"]
+    print(f"grating: direction error {d_err:.2f} deg, speed error {s_err:+.3f} px/frame")
+    assert d_err < 10.0 and abs(s_err) < 0.25
+
+
+def test_outputs_are_consistent(ground_truth):
+    videos, dec, _ = ground_truth
+    k = videos.shape[0]
+    assert dec.texture.shape == (k, H, W, 3)
+    assert dec.displacement.shape == dec.velocity.shape == (k, T, H, W, 2)
+    assert dec.reconstruction.shape == videos.shape
+    assert dec.loss_trace.shape == (k, stage2.Stage2Config.preset("fast").steps)
+    assert set(dec.summary) == {"direction_deg", "speed_px_per_frame", "motion_fraction",
+                                "recon_mse"}
+    assert all(np.shape(a) == (k,) for a in dec.summary.values())
+    assert np.all(np.isfinite(dec.loss_trace))
+    assert np.all(dec.loss_trace[:, -1] < dec.loss_trace[:, 0])
+    # the texture is in the video's units (not the internal [-0.5, 0.5] scaling)
+    np.testing.assert_allclose(dec.texture.mean((1, 2, 3)), videos[:, 0].mean((1, 2, 3)),
+                               atol=0.05)
+    # moving textures: the warp explains most of what changes over time
+    assert np.all(dec.summary["motion_fraction"][:5] > 0.5)
+    np.testing.assert_allclose(dec.summary["recon_mse"],
+                               ((dec.reconstruction - videos) ** 2).mean((1, 2, 3, 4)),
+                               rtol=1e-4)
+
+
+_global_velocity = jax.jit(stage2.global_velocity)
+
+
+@pytest.mark.parametrize("vx,vy", [(1.0, 0.0), (0.5, 0.5), (-1.5, 0.7), (3.0, -2.0)])
+def test_global_velocity_recovers_translations(vx, vy):
+    v = _global_velocity(jnp.asarray(translating_video(3, vx, vy)))
+    np.testing.assert_allclose(v, [vx, vy], atol=0.05)
+
+
+def test_global_velocity_of_a_grating_is_its_normal_velocity():
+    """Along the stripes nothing moves (aperture problem): the smallest shift is reported."""
+    v = np.asarray(_global_velocity(jnp.asarray(grating_video(**GRATING))))
+    a = np.radians(GRATING["direction_deg"])
+    np.testing.assert_allclose(v, [np.cos(a), -np.sin(a)], atol=0.1)
+
+
+# ------------------------------------------------------------------ small property tests
+# They share one config and K = 2, so decompose compiles once for all of them.
+
+SMALL = stage2.Stage2Config.preset("fast", steps=5)
+
+
+def _small_videos(k=2):
+    return jnp.asarray(np.stack([translating_video(i, 1.0 - i, 0.5, t=4, h=16, w=16)
+                                 for i in range(k)]))
+
+
+def test_vmapped_decompose_equals_per_video():
+    videos = _small_videos()
+    key = jax.random.key(3)
+    batch = stage2.decompose(videos, SMALL, key)
+    keys = stage2.kernel_keys(key, videos.shape[0])
+    one = jax.jit(stage2.decompose_one, static_argnums=1)
+    for i in range(videos.shape[0]):
+        single = one(videos[i], SMALL, keys[i])
+        for name, a, b in zip(stage2.Decomposition._fields, batch, single):
+            if name == "summary":
+                for s in a:
+                    np.testing.assert_allclose(a[s][i], b[s], rtol=1e-3, atol=1e-3, err_msg=s)
+            else:
+                np.testing.assert_allclose(a[i], b, rtol=1e-3, atol=1e-3, err_msg=name)
+
+
+def test_same_key_same_result_and_keys_matter():
+    videos = _small_videos()
+    a = stage2.decompose(videos, SMALL, jax.random.key(1))
+    b = stage2.decompose(videos, SMALL, jax.random.key(1))
+    c = stage2.decompose(videos, SMALL, jax.random.key(2))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.allclose(a.texture, c.texture)
+
+
+def test_second_call_compiles_nothing():
+    videos = _small_videos()
+    stage2.decompose(videos, SMALL, jax.random.key(0))
+    before = stage2._decompose_batch._cache_size()
+    stage2.decompose(videos + 0.01, SMALL, jax.random.key(5))
+    assert stage2._decompose_batch._cache_size() == before
+
+
+def test_step_and_run_are_pure():
+    target = _small_videos()[0] - 0.5
+    state = jax.jit(stage2.init, static_argnums=2)(jax.random.key(0), target, SMALL)
+    step = jax.jit(stage2.step, static_argnums=2)
+    s1, loss1 = step(state, target, SMALL)
+    s2, loss2 = step(state, target, SMALL)
+    assert float(loss1) == float(loss2) and int(s1.step) == 1
+    final, trace = jax.jit(stage2.run, static_argnums=2)(state, target, SMALL)
+    assert trace.shape == (SMALL.steps,) and int(final.step) == SMALL.steps
+    assert float(trace[0]) == float(loss1)
+
+
+def test_presets_and_config_errors():
+    paper = stage2.Stage2Config.preset("paper")
+    assert paper.steps == 2000 and paper.init_std == 0.01 and paper.texture_init == "noise"
+    assert (paper.w_recon, paper.w_smooth_d, paper.w_smooth_i, paper.w_static) == (1, 1, 1, 1)
+    fast = stage2.Stage2Config.preset("fast", steps=7)
+    assert fast.steps == 7 and fast.steps < paper.steps
+    with pytest.raises(KvjaxError, match="valid: paper, fast"):
+        stage2.Stage2Config.preset("slow")
+    with pytest.raises(KvjaxError, match="unknown Stage2Config fields"):
+        stage2.Stage2Config.preset("fast", step=3)
+    with pytest.raises(KvjaxError, match="flow_param must be one of"):
+        stage2.Stage2Config(flow_param="spline")
+    with pytest.raises(KvjaxError, match=r"f32\[K, T, H, W, 3\]"):
+        stage2.decompose(jnp.zeros((4, 8, 8, 3)), SMALL, jax.random.key(0))
