@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kvjax.errors import unknown_name
+from kvjax.models.relu import MODES, relu_gradient
 
 PRE = "pre-activation"    # the raw convolution output (what the reference code hooks)
 POST = "post-activation"  # after normalisation and the nonlinearity (kvjax's default)
@@ -73,6 +74,7 @@ class _FeaturesFn:
     layer: str
     input_size: tuple[int, int, int]
     value_range: tuple[float, float]
+    relu_grad: str = "redirect"
 
     def __call__(self, state, video: jax.Array) -> jax.Array:
         if video.ndim != 4 or video.shape[-1] != 3:
@@ -81,7 +83,8 @@ class _FeaturesFn:
         lo, hi = self.value_range
         x = x * (hi - lo) + lo
         net = nnx.merge(self.graphdef, state)
-        return run_until(net, x[None], self.layer)[0]
+        with relu_gradient(self.relu_grad):
+            return run_until(net, x[None], self.layer)[0]
 
 
 def resize_video(video: jax.Array, size: tuple[int, int, int]) -> jax.Array:
@@ -147,18 +150,24 @@ class VideoModel:
         raise unknown_name("layer", layer, self.layer_names(), where=f"in model {self.name!r}",
                            hint=f"`kvjax layers --model {self.name}` lists them")
 
-    def features(self, layer: str, input_size: tuple[int, int, int] | None = None
-                 ) -> Callable[[jax.Array], jax.Array]:
+    def features(self, layer: str, input_size: tuple[int, int, int] | None = None,
+                 relu_grad: str = "redirect") -> Callable[[jax.Array], jax.Array]:
         """Pure f32[T,H,W,3] in [0,1] -> f32[t,h,w,C] activations of `layer`.
 
         The video is resized (trilinear) to `input_size` (default: the model's) and mapped to
-        the model's value range. The result is a `jax.tree_util.Partial` whose leaves are the
+        the model's value range. Values are exact. Gradients: `relu_grad="redirect"` (the
+        default, for activation maximisation) lets a ReLU that passed no gradient at all pass
+        the gradient that would wake it up (kvjax.models.relu: a dead kernel's stage 1 then
+        starts moving instead of staying grey); `"exact"` gives the true gradient. The result is a `jax.tree_util.Partial` whose leaves are the
         weights, so jitted code that takes it as an argument gets the weights as arguments
         (closed-over weights would be constant-folded by XLA).
         """
         self.check_layer(layer)
         graphdef, state = nnx.split(self.net)
-        fn = _FeaturesFn(graphdef, layer, tuple(input_size or self.input_size), self.value_range)
+        if relu_grad not in MODES:
+            raise ValueError(f"relu_grad must be one of {MODES}; got {relu_grad!r}")
+        fn = _FeaturesFn(graphdef, layer, tuple(input_size or self.input_size), self.value_range,
+                         relu_grad)
         return jax.tree_util.Partial(fn, state)
 
     def __repr__(self) -> str:

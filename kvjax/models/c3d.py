@@ -24,6 +24,7 @@ from flax import nnx
 from kvjax import ops
 from kvjax.models import converted
 from kvjax.models.base import POST, PRE, Taps, VideoModel
+from kvjax.models.relu import relu
 from kvjax.models.layers import Conv3d
 from kvjax.models.linear import Linear
 
@@ -59,7 +60,7 @@ class C3D(nnx.Module):
         taps = taps if taps is not None else Taps()
         for name, _, _ in CONVS:
             x = taps(f"{name}/conv", getattr(self, name)(x), PRE)
-            x = taps(name, jax.nn.relu(x), POST)
+            x = taps(name, relu(x), POST)
             if name in _POOLS:
                 pool, window, strides, pads = _POOLS[name]
                 x = taps(pool, ops.max_pool3d(x, window, strides, pads), POST)
@@ -71,7 +72,7 @@ class C3D(nnx.Module):
             if cout is None:
                 return taps(name, x, PRE)
             x = taps(f"{name}/linear", x, PRE)
-            x = taps(name, jax.nn.relu(x), POST)
+            x = taps(name, relu(x), POST)
         return x
 
 

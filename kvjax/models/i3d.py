@@ -28,6 +28,7 @@ from kvjax.errors import KvjaxError
 from kvjax.io import safe_pickle
 from kvjax.models import weights
 from kvjax.models.base import POST, PRE, Taps, VideoModel
+from kvjax.models.relu import relu
 from kvjax.models.layers import BatchNorm, Conv3d
 
 INPUT_SIZE = (32, 224, 224)
@@ -83,7 +84,7 @@ class Unit3D(nnx.Module):
 
     def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
         x = taps(f"{name}/conv", self.conv(x), PRE)
-        return taps(name, jax.nn.relu(self.bn(x)), POST)
+        return taps(name, relu(self.bn(x)), POST)
 
 
 class InceptionModule(nnx.Module):

@@ -26,6 +26,7 @@ from kvjax import ops
 from kvjax.models import converted
 from kvjax.models.base import POST, PRE, Taps, VideoModel
 from kvjax.models.i3d import _BRANCHES, _MIXED, _PLAN, _attr
+from kvjax.models.relu import relu
 from kvjax.models.layers import BatchNorm, Conv3d
 
 ARCH = "pytorch-i3d"
@@ -47,7 +48,7 @@ class Unit3D(nnx.Module):
 
     def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
         x = taps(f"{name}/conv", self.conv(x), PRE)
-        return taps(name, jax.nn.relu(self.bn(x)), POST)
+        return taps(name, relu(self.bn(x)), POST)
 
 
 def max_pool_same_zeros(x: jax.Array, window: Sequence[int], strides: Sequence[int]) -> jax.Array:

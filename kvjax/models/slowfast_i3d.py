@@ -33,6 +33,7 @@ from flax import nnx
 from kvjax import ops
 from kvjax.models import converted
 from kvjax.models.base import POST, PRE, Taps, VideoModel
+from kvjax.models.relu import relu
 from kvjax.models.layers import BatchNorm, Conv3d
 from kvjax.models.linear import Linear
 
@@ -72,12 +73,12 @@ class Bottleneck(nnx.Module):
 
     def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
         y = taps(f"{name}/a/conv", self.a(x), PRE)
-        y = taps(f"{name}/a", jax.nn.relu(self.a_bn(y)), POST)
+        y = taps(f"{name}/a", relu(self.a_bn(y)), POST)
         y = taps(f"{name}/b/conv", self.b(y), PRE)
-        y = taps(f"{name}/b", jax.nn.relu(self.b_bn(y)), POST)
+        y = taps(f"{name}/b", relu(self.b_bn(y)), POST)
         y = self.c_bn(taps(f"{name}/c/conv", self.c(y), PRE))
         res = x if self.branch1 is None else self.branch1_bn(self.branch1(x))
-        return taps(name, jax.nn.relu(res + y), POST)
+        return taps(name, relu(res + y), POST)
 
 
 class SlowFastI3dR50(nnx.Module):
@@ -97,7 +98,7 @@ class SlowFastI3dR50(nnx.Module):
     def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
         taps = taps if taps is not None else Taps()
         x = taps("s1/conv", self.s1_conv(x), PRE)
-        x = taps("s1/relu", jax.nn.relu(self.s1_bn(x)), POST)
+        x = taps("s1/relu", relu(self.s1_bn(x)), POST)
         x = taps("s1", ops.max_pool3d(x, (1, 3, 3), (1, 2, 2), _pads(0, 1, 1)), POST)
         for stage, (blocks, *_rest) in STAGES.items():
             for i in range(blocks):

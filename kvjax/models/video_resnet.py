@@ -32,6 +32,7 @@ from flax import nnx
 
 from kvjax.models import converted
 from kvjax.models.base import POST, PRE, Taps, VideoModel
+from kvjax.models.relu import relu
 from kvjax.models.layers import BatchNorm, Conv3d
 from kvjax.models.linear import Linear
 
@@ -80,7 +81,7 @@ class Conv2Plus1D(nnx.Module):
 
     def __call__(self, x, taps, name):
         x = taps(f"{name}/spatial", self.spatial(x), PRE)
-        x = taps(f"{name}/mid", jax.nn.relu(self.bn(x)), POST)
+        x = taps(f"{name}/mid", relu(self.bn(x)), POST)
         return self.temporal(x)
 
 
@@ -111,10 +112,10 @@ class BasicBlock(nnx.Module):
 
     def __call__(self, x, taps: Taps, name: str):
         y = taps(f"{name}/conv1/conv", self.conv1(x, taps, f"{name}/conv1"), PRE)
-        y = taps(f"{name}/conv1", jax.nn.relu(self.bn1(y)), POST)
+        y = taps(f"{name}/conv1", relu(self.bn1(y)), POST)
         y = taps(f"{name}/conv2/conv", self.conv2(y, taps, f"{name}/conv2"), PRE)
         res = x if self.downsample is None else self.downsample_bn(self.downsample(x))
-        return taps(name, jax.nn.relu(self.bn2(y) + res), POST)
+        return taps(name, relu(self.bn2(y) + res), POST)
 
 
 class VideoResNet(nnx.Module):
@@ -145,9 +146,9 @@ class VideoResNet(nnx.Module):
         x = (x - mean) / std
         if self.arch == "r2plus1d_18":
             x = taps("stem/spatial", self.stem_spatial(x), PRE)
-            x = taps("stem/mid", jax.nn.relu(self.stem_bn1(x)), POST)
+            x = taps("stem/mid", relu(self.stem_bn1(x)), POST)
         x = taps("stem/conv", self.stem(x), PRE)
-        x = taps("stem", jax.nn.relu(self.stem_bn(x)), POST)
+        x = taps("stem", relu(self.stem_bn(x)), POST)
         for i in range(1, len(STAGES) + 1):
             for j in range(BLOCKS):
                 x = getattr(self, f"layer{i}_{j}")(x, taps, f"layer{i}/{j}")

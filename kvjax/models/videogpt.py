@@ -35,6 +35,7 @@ from flax import nnx
 
 from kvjax.models import converted
 from kvjax.models.base import POST, PRE, Taps, VideoModel
+from kvjax.models.relu import relu
 from kvjax.models.layers import BatchNorm, Conv3d
 from kvjax.models.linear import Linear
 
@@ -100,10 +101,10 @@ class AttentionResidualBlock(nnx.Module):
         self.attn_t = AxialAttention(c, 1, rngs=rngs)
 
     def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
-        y = taps(f"{name}/conv3/conv", self.conv3(jax.nn.relu(self.bn0(x))), PRE)
-        y = taps(f"{name}/conv3", jax.nn.relu(self.bn1(y)), POST)
+        y = taps(f"{name}/conv3/conv", self.conv3(relu(self.bn0(x))), PRE)
+        y = taps(f"{name}/conv3", relu(self.bn1(y)), POST)
         y = taps(f"{name}/conv1/conv", self.conv1(y), PRE)
-        y = taps(f"{name}/conv1", jax.nn.relu(self.bn2(y)), POST)
+        y = taps(f"{name}/conv1", relu(self.bn2(y)), POST)
         y = taps(f"{name}/attn", self.attn_w(y) + self.attn_h(y) + self.attn_t(y), PRE)
         return taps(name, x + y, POST)
 
@@ -129,11 +130,11 @@ class VQVAEEncoder(nnx.Module):
         taps = taps if taps is not None else Taps()
         for i in range(self.n_convs):
             x = taps(f"convs/{i}/conv", getattr(self, f"convs_{i}")(x), PRE)
-            x = taps(f"convs/{i}", jax.nn.relu(x), POST)
+            x = taps(f"convs/{i}", relu(x), POST)
         x = taps("conv_last", self.conv_last(x), PRE)
         for i in range(self.n_res_layers):
             x = getattr(self, f"res_{i}")(x, taps, f"res{i}")
-        x = taps("res_stack", jax.nn.relu(self.res_bn(x)), POST)
+        x = taps("res_stack", relu(self.res_bn(x)), POST)
         return taps("pre_vq_conv", self.pre_vq_conv(x), PRE)
 
 
