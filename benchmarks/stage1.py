@@ -1,15 +1,21 @@
-"""Stage 1 benchmark: step time against the FLOP floor, and pixel vs spectral per second.
+"""Stage 1 benchmark: step time against the FLOP floor and the reference, pixel vs spectral
+per second, and time to the reference's quality.
 
-    PYTHONPATH=. python benchmarks/stage1.py steps    [--layers ...] [--kernels 1,4,16]
-    PYTHONPATH=. python benchmarks/stage1.py converge [--layer Mixed_3b] [--seconds ...]
-    PYTHONPATH=. python benchmarks/stage1.py all
+    PYTHONPATH=.:tests python benchmarks/stage1.py steps    [--layers ...] [--kernels 1,4,16]
+    PYTHONPATH=.:tests python benchmarks/stage1.py converge [--layer Mixed_3b]
+    PYTHONPATH=.:tests python benchmarks/stage1.py quality  --reference results/reference_quality_*.json
 
 `steps`: seconds per optimisation step at the `paper` preset (16x128x128 pixels resized to
 I3D's 32x224x224, reference transform, Adam) for each layer and number of kernels K vmapped
 in one program, next to the floor: the truncated network's forward plus input-gradient FLOPs
 (2x the forward's, from XLA's cost analysis of the forward) times K, divided by this machine's
-measured float32 matmul rate. `converge`: the objective (no transform) reached against
-wall-clock time for the pixel and the spectral parameterisation on 8 kernels of one layer.
+measured float32 matmul rate, and next to the reference algorithm's step time per kernel in
+PyTorch (benchmarks/reference_torch.py: whole network every step, weight gradients kept, one
+kernel at a time; skipped with --no-reference). `converge`: the objective (no transform)
+reached against wall-clock time for the pixel and the spectral parameterisation on 8 kernels
+of one layer. `quality`: given a reference_torch.py `quality` result (the reference's 1500
+steps on 4 kernels of Mixed_3b at model input 16x112x112), the wall time kvjax's settings
+take to reach the reference's final mean objective on the same kernels and model input.
 
 Results (JSON, with the machine description and its load average, since the machines here
 are shared) go to benchmarks/results/stage1_<mode>_<timestamp>.json. Options shrink the work
@@ -127,51 +133,83 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
 
 # ----------------------------------------------------------------------------- convergence
 
-def convergence(model, layer, size, input_size, k, steps, every, params) -> list[dict]:
-    """Mean objective over k kernels (no transform) every `every` steps, with wall-clock time
-    (compile excluded), per (param, lr). Drives stage 1's compiled programs directly so the
-    objective can be measured between segments."""
+def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
+           key=jax.random.key(0)) -> list[dict]:
+    """Objective (no transform) of kernels 0..k-1 every `every` steps for each (label, config)
+    of `configs`, with the wall time of the steps (compile and measurement excluded, compile
+    time recorded apart). With `target`, a run stops once the kernels' mean objective reaches
+    it and records `time_to_target_s` (compile + steps). Uses only stage 1's public pure
+    functions (init, run, measure), vmapped over kernels and jitted here."""
     f = model.features(layer, input_size=input_size)
-    arrays, static = stage1.partition((f, kvjax.objectives.channel()))
-    kernels = jnp.arange(k)
+    ks = jnp.arange(k)
     rows = []
-    for name, lr, decay in params:
-        cfg = stage1._program_config(stage1.Stage1Config.preset(
-            "paper", size=size, param=name, lr=lr, spectral_decay=decay))
+    for label, cfg in configs:
+        segment = jax.jit(lambda f, s, ks, cfg=cfg: jax.vmap(
+            lambda s, kk: stage1.run(s, f, kk, cfg, every))(s, ks))
+        measure = jax.jit(lambda f, s, ks, cfg=cfg: jax.vmap(
+            lambda p, kk: stage1.measure(p, f, kk, cfg))(s.params, ks))
         t0 = time.perf_counter()
-        states, start = stage1._start(arrays, static, jax.random.key(0), kernels, cfg)
-        _, act = stage1._finish(arrays, static, states, kernels, cfg)  # compile it too
-        # n_active=0 runs no step (the state is unchanged) but compiles the segment program.
-        jax.block_until_ready(stage1._segment(arrays, static, states, kernels, jnp.int32(0),
-                                              cfg, every))
-        row = {"layer": layer, "param": name, "lr": lr, "spectral_decay": decay, "K": k,
-               "size": size,
-               "model_input": input_size, "compile_and_start_s": time.perf_counter() - t0,
-               "steps": [0], "seconds": [0.0], "activation": [float(jnp.mean(start))]}
+        states = jax.jit(jax.vmap(lambda kk, cfg=cfg: stage1.init(key, kk, cfg)))(ks)
+        segment = segment.lower(f, states, ks).compile()
+        measure = measure.lower(f, states, ks).compile()
+        compile_s = time.perf_counter() - t0
+        act = np.asarray(measure(f, states, ks))
+        row = {"label": label, "layer": layer, "param": cfg.param, "lr": cfg.lr,
+               "spectral_decay": cfg.spectral_decay, "size": cfg.size, "transform":
+               repr(cfg.transform), "K": k, "model_input": input_size, "compile_s": compile_s,
+               "steps": [0], "seconds": [0.0], "activation": [float(act.mean())],
+               "per_kernel": [act.tolist()], "target": target}
         elapsed = 0.0
-        for n in range(every, steps + 1, every):
+        for n in range(every, max_steps + 1, every):
             t = time.perf_counter()
-            states, values = stage1._segment(arrays, static, states, kernels, jnp.int32(every),
-                                             cfg, every)
-            jax.block_until_ready(values)
-            dt = time.perf_counter() - t
-            elapsed += dt
-            _, act = stage1._finish(arrays, static, states, kernels, cfg)
+            states, _ = segment(f, states, ks)
+            jax.block_until_ready(states)
+            elapsed += time.perf_counter() - t
+            act = np.asarray(measure(f, states, ks))
             row["steps"].append(n)
             row["seconds"].append(elapsed)
-            row["activation"].append(float(jnp.mean(act)))
-            print(name, lr, decay, n, round(elapsed, 1), row["activation"][-1], flush=True)
+            row["activation"].append(float(act.mean()))
+            row["per_kernel"].append(act.tolist())
+            print(label, n, round(elapsed, 1), round(float(act.mean()), 3), flush=True)
+            if target is not None and act.mean() >= target:
+                row["time_to_target_s"] = compile_s + elapsed
+                row["steps_to_target"] = n
+                break
         row["loadavg"] = os.getloadavg()
         rows.append(row)
     return rows
 
 
+def _param_configs(spec: str, size) -> list[tuple[str, stage1.Stage1Config]]:
+    """"pixel:0.05,spectral:0.1:1.5" -> paper-preset configs with that param, lr, decay;
+    "fast" -> the fast preset at `size`."""
+    out = []
+    for item in spec.split(","):
+        if item == "fast":
+            out.append(("fast", stage1.Stage1Config.preset("fast", size=size)))
+            continue
+        name, lr, *decay = item.split(":")
+        out.append((item, stage1.Stage1Config.preset(
+            "paper", size=size, param=name, lr=float(lr),
+            spectral_decay=float(decay[0]) if decay else 1.0)))
+    return out
+
+
+def reference_step_times(model, layers, size, input_size, steps) -> dict:
+    """Seconds per step (one kernel) of the reference algorithm in PyTorch, per layer."""
+    import reference_torch
+    net = reference_torch.torch_i3d(model)
+    out = {}
+    for layer in layers:
+        stamps = []
+        reference_torch.optimise(net, layer, 0, input_size, steps + 2, size=size,
+                                 on_step=lambda n, e: stamps.append(e))
+        out[layer] = float(np.median(np.diff(stamps)[1:]))  # first two steps: warm-up
+        print("reference", layer, out[layer], flush=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- main
-
-def _param_spec(s):
-    name, lr, *decay = s.split(":")
-    return name, float(lr), float(decay[0]) if decay else 1.0
-
 
 def _ints(s):
     return tuple(int(x) for x in s.split(","))
@@ -179,7 +217,7 @@ def _ints(s):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=["steps", "converge", "all", "flops"])
+    p.add_argument("mode", choices=["steps", "converge", "quality", "all", "flops"])
     p.add_argument("--layers", default="Conv3d_1a_7x7,Mixed_3b,Mixed_4b")
     p.add_argument("--kernels", type=_ints, default=(1, 4, 16))
     p.add_argument("--size", type=_ints, default=(16, 128, 128), help="optimised video T,H,W")
@@ -190,8 +228,14 @@ def main(argv=None):
     p.add_argument("--converge-steps", type=int, default=200)
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--params", default="pixel:0.05,spectral:0.05:1.0",
-                   help="for `converge`: param:lr[:spectral_decay],...")
+                   help="for `converge`/`quality`: param:lr[:spectral_decay] or fast, ...")
+    p.add_argument("--no-reference", action="store_true",
+                   help="`steps`: skip the PyTorch reference's step times")
+    p.add_argument("--reference", help="`quality`: a reference_torch.py quality JSON")
+    p.add_argument("--max-steps", type=int, default=400, help="`quality`: cap per setting")
     args = p.parse_args(argv)
+    if args.mode == "quality" and not args.reference:
+        p.error("quality needs --reference results/reference_quality_<stamp>.json")
 
     info = machine()
     print(json.dumps(info), flush=True)
@@ -207,12 +251,34 @@ def main(argv=None):
                         for l in args.layers.split(",")]
         print(json.dumps(out["flops"]), flush=True)
     if args.mode in ("steps", "all"):
-        out["step_times"] = step_times(model, args.layers.split(","), args.kernels, args.size,
+        layers = args.layers.split(",")
+        if not args.no_reference:
+            out["reference_step_s"] = reference_step_times(model, layers, args.size, input_size,
+                                                           args.steps)
+        out["step_times"] = step_times(model, layers, args.kernels, args.size,
                                        input_size, args.steps, info["matmul_gflops_f32"])
+        for row in out["step_times"]:
+            ref = out.get("reference_step_s", {}).get(row["layer"])
+            if ref and "step_s" in row:
+                row["reference_step_s_per_kernel"] = ref
+                row["speedup_vs_reference"] = ref / row["step_s_per_kernel"]
     if args.mode in ("converge", "all"):
-        out["convergence"] = convergence(model, args.layer, args.size, input_size, 8,
-                                         args.converge_steps, args.every,
-                                         [_param_spec(x) for x in args.params.split(",")])
+        out["convergence"] = curves(model, args.layer, 8, input_size,
+                                    _param_configs(args.params, args.size), args.every,
+                                    args.converge_steps)
+    if args.mode == "quality":
+        with open(args.reference) as f:
+            ref = json.load(f)
+        rows = ref["rows"]
+        q_input = tuple(rows[0]["model_input"])
+        target = float(np.mean([r["activation"][-1] for r in rows]))
+        out["reference"] = {"file": os.path.basename(args.reference), "layer": rows[0]["layer"],
+                            "kernels": [r["kernel"] for r in rows], "model_input": q_input,
+                            "steps": rows[0]["steps"][-1], "mean_activation": target,
+                            "seconds_per_kernel": [r["seconds"][-1] for r in rows]}
+        out["quality"] = curves(model, rows[0]["layer"], len(rows), q_input,
+                                _param_configs(args.params, args.size), args.every,
+                                args.max_steps, target=target)
     out["machine"]["loadavg_end"] = os.getloadavg()
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -8,7 +8,6 @@ torch = pytest.importorskip("torch")
 import kvjax  # noqa: E402
 import torch_refs  # noqa: E402
 from converters import commands  # noqa: E402
-from kvjax.models import pytorch_i3d  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,28 +51,8 @@ def test_inspect_guesses_pytorch_i3d(converted):
     assert "guessed architecture: pytorch-i3d" in commands.inspect(src)
 
 
-def _builtin_as_pytorch_i3d(i3d_model) -> dict:
-    """The built-in i3d's weights under pytorch-i3d's names and layouts (BN scale = 1)."""
-    from flax import nnx
-    flat = {tuple(map(str, p)): np.asarray(v.get_value())
-            for p, v in nnx.to_flat_state(nnx.state(i3d_model.net))}
-    sd = {}
-    for _, torch_name, path in pytorch_i3d.units():
-        k = flat[(*path, "conv", "kernel")]
-        sd[f"{torch_name}.conv3d.weight"] = torch.from_numpy(k.transpose(4, 3, 0, 1, 2).copy())
-        c = k.shape[-1]
-        sd[f"{torch_name}.bn.weight"] = torch.ones(c)
-        for ours, theirs in (("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):
-            sd[f"{torch_name}.bn.{theirs}"] = torch.from_numpy(flat[(*path, "bn", ours)].copy())
-        sd[f"{torch_name}.bn.num_batches_tracked"] = torch.tensor(0)
-    sd["logits.conv3d.weight"] = torch.from_numpy(
-        flat[("Logits", "kernel")].transpose(4, 3, 0, 1, 2).copy())
-    sd["logits.conv3d.bias"] = torch.from_numpy(flat[("Logits", "bias")].copy())
-    return sd
-
-
 def test_agrees_with_builtin_i3d_on_its_weights(i3d, tmp_path):
-    torch.save(_builtin_as_pytorch_i3d(i3d), tmp_path / "i3d_as_piergiaj.pt")
+    torch.save(torch_refs.builtin_i3d_state_dict(i3d), tmp_path / "i3d_as_piergiaj.pt")
     commands.convert(str(tmp_path / "i3d_as_piergiaj.pt"), str(tmp_path / "ck"), "pytorch-i3d")
     ours = kvjax.load_model("pytorch-i3d", checkpoint=str(tmp_path / "ck"))
     x = _video((8, 64, 64), seed=2)

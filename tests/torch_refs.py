@@ -240,6 +240,28 @@ class InceptionI3d(nn.Module):
         return out
 
 
+def builtin_i3d_state_dict(i3d_model) -> dict:
+    """The built-in i3d's weights under pytorch-i3d's names and layouts (BN scale = 1)."""
+    from flax import nnx
+
+    from kvjax.models import pytorch_i3d
+    flat = {tuple(map(str, p)): np.asarray(v.get_value())
+            for p, v in nnx.to_flat_state(nnx.state(i3d_model.net))}
+    sd = {}
+    for _, torch_name, path in pytorch_i3d.units():
+        k = flat[(*path, "conv", "kernel")]
+        sd[f"{torch_name}.conv3d.weight"] = torch.from_numpy(k.transpose(4, 3, 0, 1, 2).copy())
+        c = k.shape[-1]
+        sd[f"{torch_name}.bn.weight"] = torch.ones(c)
+        for ours, theirs in (("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):
+            sd[f"{torch_name}.bn.{theirs}"] = torch.from_numpy(flat[(*path, "bn", ours)].copy())
+        sd[f"{torch_name}.bn.num_batches_tracked"] = torch.tensor(0)
+    sd["logits.conv3d.weight"] = torch.from_numpy(
+        flat[("Logits", "kernel")].transpose(4, 3, 0, 1, 2).copy())
+    sd["logits.conv3d.bias"] = torch.from_numpy(flat[("Logits", "bias")].copy())
+    return sd
+
+
 # ------------------------------------------------------------- torchvision video ResNets
 
 class Conv3DSimple(nn.Conv3d):

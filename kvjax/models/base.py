@@ -88,10 +88,21 @@ class _FeaturesFn:
 
 
 def resize_video(video: jax.Array, size: tuple[int, int, int]) -> jax.Array:
-    """Trilinear resize of f32[T,H,W,C] to (T', H', W'); identity when already that size."""
+    """Trilinear resize of f32[T,H,W,C] to (T', H', W'), corners aligned (PyTorch's
+    `interpolate(..., mode="trilinear", align_corners=True)`, the reference's model input:
+    output voxel i samples input coordinate i * (n - 1) / (n' - 1)); no antialiasing.
+    Separable, as three small matmuls; identity when already that size."""
     if tuple(video.shape[:3]) == tuple(size):
         return video
-    return jax.image.resize(video, (*size, video.shape[-1]), method="linear")
+    hi = jax.lax.Precision.HIGHEST
+    for axis, n_out in enumerate(size):
+        n_in = video.shape[axis]
+        if n_in == n_out:
+            continue
+        src = jnp.arange(n_out, dtype=jnp.float32) * ((n_in - 1) / max(n_out - 1, 1))
+        m = jnp.maximum(0.0, 1.0 - jnp.abs(src[:, None] - jnp.arange(n_in, dtype=jnp.float32)[None]))
+        video = jnp.moveaxis(jnp.tensordot(m, video, axes=([1], [axis]), precision=hi), 0, axis)
+    return video
 
 
 class VideoModel:
