@@ -3,10 +3,14 @@
     kvjax convert SRC DST --arch ARCH      (converters.commands.convert)
     kvjax inspect SRC                      (converters.commands.inspect)
 
-Three small steps, each in its own module:
+Small steps, each in its own module:
 
     load.py       read a file safely into {name: numpy array} (never runs code from the file)
     tables.py     the registry of architecture tables and the layout changes they use
+                  (each with its exact inverse)
+    parity.py     the checks a fresh conversion must pass before it is kept (every tensor
+                  reads back bit-identical; a forward pass is finite at every layer), recorded
+                  as the manifest's "parity"
     commands.py   `convert(src, dst, arch)` and `inspect(src)`, returning the text to print
 
 One explicit rename table per architecture (PyTorch name -> NNX state path + layout change,

@@ -14,20 +14,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters.tables import Table, batchnorm, conv2d, vector
+from converters.tables import Layout, Table, batchnorm, conv2d, vector
 from kvjax.models import flownets as model
 
 
-def conv2d_t(a: np.ndarray) -> np.ndarray:
+def _conv2d_t(a: np.ndarray) -> np.ndarray:
     """(Cout, Cin, kh, kw) -> (1, kh, kw, Cin, Cout)."""
     return conv2d(a)[None] if a.ndim == 4 else a
 
 
-def conv_transpose2d(a: np.ndarray) -> np.ndarray:
+def _conv2d_t_inverse(a: np.ndarray) -> np.ndarray:
+    """(1, kh, kw, Cin, Cout) -> (Cout, Cin, kh, kw)."""
+    return conv2d.inverse(a[0])
+
+
+def _conv_transpose2d(a: np.ndarray) -> np.ndarray:
     """ConvTranspose2d weight (Cin, Cout, kh, kw) -> flipped (1, kh, kw, Cin, Cout)."""
     if a.ndim != 4:
         return a
     return np.ascontiguousarray(a[:, :, ::-1, ::-1].transpose(2, 3, 0, 1))[None]
+
+
+def _conv_transpose2d_inverse(a: np.ndarray) -> np.ndarray:
+    """Flipped (1, kh, kw, Cin, Cout) -> ConvTranspose2d weight (Cin, Cout, kh, kw)."""
+    return np.ascontiguousarray(a[0].transpose(2, 3, 0, 1)[:, :, ::-1, ::-1])
+
+
+conv2d_t = Layout("conv2d_t", _conv2d_t, _conv2d_t_inverse)
+conv_transpose2d = Layout("conv_transpose2d", _conv_transpose2d, _conv_transpose2d_inverse)
 
 
 def config(tensors, meta=None) -> dict:

@@ -17,6 +17,10 @@ Layout changes (PyTorch -> kvjax, channels last):
     conv2d  weight (Cout, Cin, kh, kw)     -> kernel (kh, kw, Cin, Cout)
     linear  weight (out, in)               -> kernel (in, out)
     vectors (bias, BN weight/bias/running stats) unchanged
+
+Each is a `Layout`: callable (PyTorch -> kvjax) with an exact `inverse` (kvjax -> PyTorch).
+A table's layout changes must all be `Layout`s, so that a conversion can be checked by
+reading every stored array back into the PyTorch tensor it came from.
 """
 from __future__ import annotations
 
@@ -28,35 +32,53 @@ import numpy as np
 
 from kvjax.errors import unknown_name
 
-Mapping_ = dict[str, tuple[tuple, Callable[[np.ndarray], np.ndarray]]]
-
 # Keys every PyTorch BatchNorm writes that carry no weights.
 BN_IGNORE = ("*num_batches_tracked",)
 
 
-def conv3d(a: np.ndarray) -> np.ndarray:
-    """(Cout, Cin, kt, kh, kw) -> (kt, kh, kw, Cin, Cout)."""
-    if a.ndim != 5:
-        return a  # the shape check in `assign` reports it with the name
-    return np.ascontiguousarray(a.transpose(2, 3, 4, 1, 0))
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A layout change PyTorch -> kvjax with its exact inverse (kvjax -> PyTorch).
+
+    Calling it applies `forward`; `inverse` undoes it bit for bit, which is how `kvjax convert`
+    checks that every stored array reads back as the PyTorch tensor it came from. `forward`
+    returns an array of the wrong rank unchanged, so the shape check in `weights.assign`
+    reports it with the tensor's name.
+    """
+    name: str
+    forward: Callable[[np.ndarray], np.ndarray]
+    inverse: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        return self.forward(a)
+
+    def __repr__(self) -> str:
+        return f"Layout({self.name})"
 
 
-def conv2d(a: np.ndarray) -> np.ndarray:
-    """(Cout, Cin, kh, kw) -> (kh, kw, Cin, Cout)."""
-    if a.ndim != 4:
-        return a
-    return np.ascontiguousarray(a.transpose(2, 3, 1, 0))
+def _permute(ndim: int, axes: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    def fn(a: np.ndarray) -> np.ndarray:
+        if a.ndim != ndim:
+            return a
+        return np.ascontiguousarray(a.transpose(axes))
+    return fn
 
 
-def linear(a: np.ndarray) -> np.ndarray:
-    """(out, in) -> (in, out)."""
-    if a.ndim != 2:
-        return a
-    return np.ascontiguousarray(a.T)
-
-
-def vector(a: np.ndarray) -> np.ndarray:
+def _identity(a: np.ndarray) -> np.ndarray:
     return a
+
+
+# {PyTorch key: (kvjax state path, layout change)}
+Mapping_ = dict[str, tuple[tuple, Layout]]
+
+# (Cout, Cin, kt, kh, kw) <-> (kt, kh, kw, Cin, Cout)
+conv3d = Layout("conv3d", _permute(5, (2, 3, 4, 1, 0)), _permute(5, (4, 3, 0, 1, 2)))
+# (Cout, Cin, kh, kw) <-> (kh, kw, Cin, Cout)
+conv2d = Layout("conv2d", _permute(4, (2, 3, 1, 0)), _permute(4, (3, 2, 0, 1)))
+# (out, in) <-> (in, out)
+linear = Layout("linear", _permute(2, (1, 0)), _permute(2, (1, 0)))
+# biases, BatchNorm scale/bias/statistics: unchanged
+vector = Layout("vector", _identity, _identity)
 
 
 def batchnorm(torch_prefix: str, path: tuple, *, scale: bool = True) -> Mapping_:
@@ -91,6 +113,13 @@ _MODULES = {"c3d": "c3d", "pytorch-i3d": "pytorch_i3d", "r3d_18": "video_resnet"
 def archs() -> list[str]:
     """Architectures that `kvjax convert` can convert."""
     return sorted(_MODULES)
+
+
+def parity_test(arch: str) -> str:
+    """The test file (relative to the repository root) that checks `arch`'s conversion layer
+    by layer against a PyTorch port of the upstream model with random weights."""
+    get(arch)
+    return f"tests/test_convert_{_MODULES[arch]}.py"
 
 
 def get(arch: str) -> Table:

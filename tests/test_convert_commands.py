@@ -1,15 +1,21 @@
-"""`convert` and `inspect` as the CLI calls them: refusals and messages (cheap cases; each
-architecture's own test converts and inspects a full checkpoint)."""
+"""`convert` and `inspect` as the CLI calls them: refusals, messages and the checks recorded
+in the manifest (cheap cases on a tiny VQ-VAE; each architecture's own test converts and
+inspects a full checkpoint, tests/test_convert_cli.py runs the command line)."""
+import argparse
 import os
 import pickle
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import kvjax  # noqa: E402
+import torch_refs  # noqa: E402
 from converters import commands, tables  # noqa: E402
+from converters.parity import ParityError  # noqa: E402
 from kvjax.errors import KvjaxError, UnsafeFileError  # noqa: E402
+from kvjax.io import model_checkpoint  # noqa: E402
 
 CONVERTED = ["c3d", "pytorch-i3d", "r3d_18", "mc3_18", "r2plus1d_18", "slowfast-i3d-r50",
              "videogpt-vqvae", "flownets"]
@@ -60,3 +66,99 @@ def test_mismatch_names_missing_unexpected_and_misshaped(tmp_path):
     msg = str(e.value)
     assert "missing" in msg and "conv2.0.weight" in msg and "surprise.weight" in msg
     assert "flownets" in msg and not (tmp_path / "out").exists()
+
+
+def test_every_layout_change_has_an_exact_inverse():
+    """What lets `convert` check that each stored array reads back as its PyTorch tensor."""
+    rng = np.random.default_rng(0)
+    for arch in CONVERTED:
+        table = tables.get(arch)
+        shapes = commands._expected_shapes(arch, "{}")
+        for key, (path, layout) in table.mapping().items():
+            assert isinstance(layout, tables.Layout), (arch, key, layout)
+            # the model's rank, with small distinct sizes (a wrong axis order shows)
+            small = tuple(1 if n == 1 else 2 + i for i, n in enumerate(shapes[path]))
+            stored = rng.standard_normal(small).astype(np.float32)
+            np.testing.assert_array_equal(layout(layout.inverse(stored)), stored,
+                                          err_msg=f"{arch} {key}")
+
+
+def test_every_arch_names_an_existing_parity_test():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for arch in CONVERTED:
+        assert os.path.isfile(os.path.join(repo, tables.parity_test(arch))), arch
+
+
+def _vqvae(path, seed=0, edit=None):
+    """A tiny VideoGPT VQ-VAE Lightning checkpoint (converts in about a second)."""
+    torch.manual_seed(seed)
+    ref = torch_refs.randomize(torch_refs.VQVAE(n_hiddens=16, n_res_layers=1,
+                                                downsample=(2, 4, 4), embedding_dim=4), seed)
+    sd = ref.state_dict()
+    if edit:
+        edit(sd)
+    args = argparse.Namespace(n_hiddens=16, n_res_layers=1, downsample=[2, 4, 4],
+                              embedding_dim=4, sequence_length=4, resolution=16)
+    torch.save({"state_dict": sd, "hyper_parameters": {"args": args}}, path)
+    return str(path)
+
+
+def test_manifest_records_the_checks(tmp_path):
+    src = _vqvae(tmp_path / "vq.ckpt")
+    summary = commands.convert(src, str(tmp_path / "ck"), "videogpt-vqvae")
+    parity = model_checkpoint.read_manifest(tmp_path / "ck")["parity"]
+    assert parity["weights_round_trip"] == {"checked": 41, "ignored": 14, "max_abs_error": 0.0}
+    assert parity["forward"] == {"finite": True, "layers": 13, "input_size": [4, 16, 16],
+                                 "seed": 0}
+    assert parity["pytorch_parity"]["test"] == "tests/test_convert_videogpt.py"
+    assert "41 tensors read back bit-identical" in summary and "all 13 layers" in summary
+
+
+def test_same_file_again_replaces_another_file_is_refused(tmp_path):
+    src, other = _vqvae(tmp_path / "vq.ckpt"), _vqvae(tmp_path / "other.ckpt", seed=1)
+    dst = str(tmp_path / "ck")
+    commands.convert(src, dst, "videogpt-vqvae")
+    first = model_checkpoint.read_manifest(dst)
+    commands.convert(src, dst, "videogpt-vqvae")  # the same command again: replaced
+    assert model_checkpoint.read_manifest(dst)["source"] == first["source"]
+    with pytest.raises(KvjaxError, match=r"ck exists already: a converted 'videogpt-vqvae' "
+                                         r"checkpoint of .*vq\.ckpt, not of this file"):
+        commands.convert(other, dst, "videogpt-vqvae")
+    assert model_checkpoint.read_manifest(dst)["source"] == first["source"]
+    assert sorted(os.listdir(tmp_path)) == ["ck", "other.ckpt", "vq.ckpt"]
+
+
+def test_non_finite_weights_are_refused_and_nothing_written(tmp_path):
+    def poison(sd):
+        sd["encoder.conv_last.conv.weight"][0, 0, 1, 1, 1] = float("nan")
+    src = _vqvae(tmp_path / "vq.ckpt", edit=poison)
+    with pytest.raises(ParityError, match=r"non-finite values .* first at 'conv_last'; "
+                                          r"non-finite weights: conv_last/kernel \(1 of 6912\)"):
+        commands.convert(src, str(tmp_path / "new" / "ck"), "videogpt-vqvae")
+    assert sorted(os.listdir(tmp_path)) == ["vq.ckpt"]  # not even the parent folder
+
+
+def test_checkpoint_that_does_not_read_back_is_refused(tmp_path, monkeypatch):
+    load = model_checkpoint.load
+
+    def corrupted(path):  # what a faulty writer or reader would hand back
+        arch, state, man = load(path)
+        state["pre_vq_conv"]["bias"] = state["pre_vq_conv"]["bias"] + np.float32(1e-3)
+        return arch, state, man
+    monkeypatch.setattr(model_checkpoint, "load", corrupted)
+    src = _vqvae(tmp_path / "vq.ckpt")
+    with pytest.raises(ParityError, match=r"does not read back as the source: 1 of 41 tensors "
+                                          r"differ \(pre_vq_conv\.conv\.bias -> pre_vq_conv/bias: "
+                                          r"max abs error 0\.001\)"):
+        commands.convert(src, str(tmp_path / "ck"), "videogpt-vqvae")
+    assert sorted(os.listdir(tmp_path)) == ["vq.ckpt"]
+
+
+def test_inspect_checkpoint_this_kvjax_cannot_build_still_lists_arrays(tmp_path):
+    state = {"b": {"kernel": np.zeros((1, 1, 1, 2, 4), np.float32)},
+             "a": {"bias": np.zeros(4, np.float32)}}
+    model_checkpoint.save(tmp_path / "ck", "future-net", state)  # no parity recorded either
+    text = commands.inspect(str(tmp_path / "ck"))
+    assert "arch future-net" in text and "checks: none recorded" in text
+    assert "layers: cannot build the model (unknown model 'future-net'" in text
+    assert "convolution layers (1, 4 kernels" in text and "a/bias" in text

@@ -54,3 +54,59 @@ def test_checkpoint_of_another_arch_names_both(tmp_path):
     model_checkpoint.save(tmp_path / "ck", "r3d_18", STATE)
     with pytest.raises(KvjaxError, match=r"'r3d_18'.*'c3d'"):
         kvjax.load_model("c3d", checkpoint=str(tmp_path / "ck"))
+
+
+def test_verify_sees_the_complete_checkpoint_and_its_answer_is_recorded(tmp_path):
+    seen = {}
+
+    def verify(tmp):
+        assert os.path.dirname(tmp) == str(tmp_path / "a") and not (tmp_path / "a" / "ck").exists()
+        seen["arch"], state, _ = model_checkpoint.load(tmp)
+        np.testing.assert_array_equal(state["conv1"]["kernel"], STATE["conv1"]["kernel"])
+        return {"weights_round_trip": {"checked": 2, "max_abs_error": 0.0}}
+    man = model_checkpoint.save(tmp_path / "a" / "ck", "c3d", STATE, verify=verify)
+    assert seen["arch"] == "c3d"
+    read = model_checkpoint.read_manifest(tmp_path / "a" / "ck")
+    assert read["parity"] == man["parity"] == {"weights_round_trip": {"checked": 2,
+                                                                      "max_abs_error": 0.0}}
+    assert sorted(os.listdir(tmp_path / "a")) == ["ck"]
+
+
+def test_failed_verify_leaves_nothing_not_even_new_parent_folders(tmp_path):
+    def verify(tmp):
+        raise KvjaxError("checks failed")
+    with pytest.raises(KvjaxError, match="checks failed"):
+        model_checkpoint.save(tmp_path / "a" / "b" / "ck", "c3d", STATE, verify=verify)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_verify_keeps_the_older_checkpoint(tmp_path):
+    model_checkpoint.save(tmp_path / "ck", "c3d", STATE)
+    with pytest.raises(KvjaxError):
+        model_checkpoint.save(tmp_path / "ck", "r3d_18", STATE,
+                              verify=lambda tmp: (_ for _ in ()).throw(KvjaxError("no")))
+    assert model_checkpoint.load(tmp_path / "ck")[0] == "c3d"
+    assert sorted(os.listdir(tmp_path)) == ["ck"]
+
+
+def test_os_error_while_writing_names_the_destination(tmp_path, monkeypatch):
+    def full(folder, man):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(model_checkpoint, "_write_manifest", full)
+    with pytest.raises(KvjaxError, match=r"cannot write .*new/ck: No space left on device"):
+        model_checkpoint.save(tmp_path / "new" / "ck", "c3d", STATE)
+    assert os.listdir(tmp_path) == []
+
+
+def test_parent_that_is_a_file_is_a_kvjax_error(tmp_path):
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(KvjaxError, match=r"cannot create folder .*afile"):
+        model_checkpoint.save(tmp_path / "afile" / "sub" / "ck", "c3d", STATE)
+    assert os.listdir(tmp_path) == ["afile"] and (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_checkpoint_folder_gets_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    model_checkpoint.save(tmp_path / "ck", "c3d", STATE)
+    assert (tmp_path / "ck").stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's 0700

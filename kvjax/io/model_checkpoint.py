@@ -4,14 +4,18 @@ Layout of a checkpoint directory DST (written by `kvjax convert SRC DST --arch A
 
     DST/manifest.json   {"format": "kvjax-model", "format_version": 1, "arch": "c3d",
                          "config": {...} (constructor arguments, e.g. num_classes),
-                         "source": {"path": ..., "sha256": ...}, "kvjax_version": ...,
-                         "parity": null or {"checked": true, "max_rel_error": ...},
-                         "tensors": number of arrays, "created": ISO time}
+                         "source": {"path": ..., "sha256": ..., "layout": upstream code},
+                         "kvjax_version": ..., "parity": null or what the writer's `verify`
+                         returned (for `kvjax convert`, see converters/parity.py),
+                         "tensors": number of arrays, "weights": number of values,
+                         "created": ISO time}
     DST/state/          orbax checkpoint of the state as nested dicts of f32 arrays,
                         keyed by the model's attribute path (channels-last layouts)
 
-Writes are atomic: everything goes into a temporary directory beside DST, which is then
-renamed; an older converted checkpoint at DST is replaced only once the new one is complete.
+Writes are atomic: everything goes into a temporary directory beside DST, is checked there
+(`verify`), and is then renamed; an older converted checkpoint at DST is replaced only once
+the new one is complete and checked. A failed write leaves nothing behind, not even the
+parent directories it created.
 orbax is imported here only.
 """
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -39,10 +43,14 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
 
 
 def save(path: str | os.PathLike, arch: str, state: Mapping[str, Any],
-         manifest: Mapping[str, Any] | None = None) -> dict:
+         manifest: Mapping[str, Any] | None = None, *,
+         verify: Callable[[str], Mapping[str, Any]] | None = None) -> dict:
     """Write `state` (nested dicts of arrays) and its manifest to the directory `path`.
 
-    `manifest` adds or overrides fields (source, config, parity). Returns the manifest written.
+    `manifest` adds or overrides fields (source, config). `verify(tmp)` is called with the
+    complete checkpoint in its temporary directory (loadable like any other) before it
+    replaces anything; what it returns becomes the manifest's "parity", and if it raises,
+    nothing is written. Returns the manifest written.
     Refuses to overwrite anything that is not itself a converted checkpoint.
     """
     import orbax.checkpoint as ocp
@@ -59,18 +67,26 @@ def save(path: str | os.PathLike, arch: str, state: Mapping[str, Any],
            "tensors": len(leaves), "weights": int(sum(a.size for a in leaves)),
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     man.update(manifest or {})
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    created = _make_parents(os.path.dirname(path))
+    tmp = None
     try:
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide DST from other users
         state = _to_numpy(state)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, STATE), state)
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(man, f, indent=2, sort_keys=True)
+        _write_manifest(tmp, man)
+        if verify is not None:
+            man["parity"] = dict(verify(tmp))
+            _write_manifest(tmp, man)
         _replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(created):
+            _rmdir_quietly(d)
+        if isinstance(e, OSError):  # disk full, permissions: the user's to fix, say so
+            raise KvjaxError(f"cannot write {path}: {e.strerror or e}") from None
         raise
     return man
 
@@ -113,6 +129,42 @@ def load(path: str | os.PathLike) -> tuple[str, dict, dict]:
 
 
 # --------------------------------------------------------------------------------- helpers
+
+def _write_manifest(folder: str, man: Mapping[str, Any]) -> None:
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump(man, f, indent=2, sort_keys=True)
+
+
+def _make_parents(folder: str) -> list[str]:
+    """Create `folder` and its missing ancestors; return those created, outermost first."""
+    missing = []
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    created: list[str] = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except OSError as e:
+            for c in reversed(created):
+                _rmdir_quietly(c)
+            raise KvjaxError(f"cannot create folder {d}: {e.strerror or e}") from None
+        created.append(d)
+    return created
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _rmdir_quietly(folder: str) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
+
 
 def _is_empty_dir(path: str) -> bool:
     return os.path.isdir(path) and not os.listdir(path)
