@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -33,6 +32,7 @@ from flax import nnx
 import kvjax
 from kvjax import ops
 from kvjax.models import i3d
+from machine import describe
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FULL = (1, 32, 224, 224, 3)
@@ -42,12 +42,7 @@ torch.set_num_threads(2)
 # ------------------------------------------------------------------------------ machine
 
 def machine() -> dict:
-    with open("/proc/cpuinfo") as f:
-        cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "jax": jax.__version__, "backend": jax.default_backend(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "loadavg_start": os.getloadavg()}
+    return describe()
 
 
 def median_time(step, repeats: int) -> float:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 import kvjax
 import torch_refs
+from machine import describe
 from kvjax.param import COLOR_CORRELATION_NORMALIZED
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -119,19 +120,6 @@ def optimise(net, layer, kernel, input_size, steps, seed=0, every=0, size=(16, 1
     return rec
 
 
-def machine() -> dict:
-    import platform
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()}
-
-
 def check_same_function(model, net, input_size=(8, 64, 64)):
     """Max relative difference between the torch network and kvjax at three layers."""
     v = np.random.default_rng(0).uniform(0, 1, (1, 3, 16, 128, 128)).astype(np.float32)
@@ -162,7 +150,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     model = kvjax.load_model("i3d")
     net = torch_i3d(model)
-    out = {"machine": machine(), "args": vars(args), "parity": check_same_function(model, net)}
+    out = {"machine": describe(), "args": vars(args), "parity": check_same_function(model, net)}
     print(json.dumps(out), flush=True)
     if args.mode == "steps":
         size = tuple(int(x) for x in (args.input_size or "32,224,224").split(","))

@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import time
 
 import jax
@@ -36,6 +35,7 @@ import numpy as np
 
 import kvjax
 from kvjax import ops, stage1
+from machine import describe
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -43,17 +43,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # ----------------------------------------------------------------------------- machine
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "loadavg_start": os.getloadavg(),
-            "matmul_gflops_f32": matmul_gflops()}
+    return describe(matmul_gflops_f32=matmul_gflops())
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
