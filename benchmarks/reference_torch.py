@@ -116,6 +116,8 @@ def optimise(net, layer, kernel, input_size, steps, seed=0, every=0, size=(16, 1
             on_step(n, elapsed)
         if every and n % every == 0:
             record(n)
+            print(f"  kernel {kernel} step {n}: {elapsed:.0f} s, objective "
+                  f"{rec['activation'][-1]:.3f}", flush=True)
     rec["video"] = render(p).detach()
     return rec
 
@@ -151,22 +153,24 @@ def main(argv=None):
     model = kvjax.load_model("i3d")
     net = torch_i3d(model)
     out = {"machine": describe(), "args": vars(args), "parity": check_same_function(model, net)}
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = os.path.join(RESULTS, f"reference_{args.mode}_{stamp}.json")
     print(json.dumps(out), flush=True)
     if args.mode == "steps":
         size = tuple(int(x) for x in (args.input_size or "32,224,224").split(","))
         rows = []
         for layer in args.layers.split(","):
             stamps = []
-            optimise(net, layer, 0, size, args.steps + 1,
+            optimise(net, layer, 0, size, args.steps + 2,
                      on_step=lambda n, e: stamps.append(e))
-            per = float(np.median(np.diff(stamps)))
+            per = float(np.median(np.diff(stamps)[1:]))  # first two steps: warm-up
             rows.append({"layer": layer, "model_input": size, "first_step_s": stamps[0],
                          "step_s": per, "loadavg": os.getloadavg()})
             print(json.dumps(rows[-1]), flush=True)
         out["rows"] = rows
     else:
         size = tuple(int(x) for x in (args.input_size or "16,112,112").split(","))
-        rows = []
+        rows = out["rows"] = []
         for k in range(args.kernels):
             rec = optimise(net, args.layer, k, size, args.quality_steps, seed=k, every=args.every)
             video = rec.pop("video")
@@ -175,13 +179,17 @@ def main(argv=None):
                 video[0].permute(1, 2, 3, 0).numpy()))[..., k].mean())
             rows.append({"layer": args.layer, "kernel": k, "model_input": size, **rec,
                          "loadavg": os.getloadavg()})
-            print(json.dumps({key: v for key, v in rows[-1].items()}), flush=True)
-        out["rows"] = rows
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = os.path.join(RESULTS, f"reference_{args.mode}_{stamp}.json")
-    with open(path, "w") as f:
+            print(json.dumps(rows[-1]), flush=True)
+            _save(out, path)  # after every kernel: a cut-short run keeps what it finished
+    _save(out, path)
+
+
+def _save(out: dict, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(out, f, indent=1)
-    print("saved", path)
+    os.replace(tmp, path)
+    print("saved", path, flush=True)
 
 
 if __name__ == "__main__":
