@@ -12,15 +12,11 @@ import torch_refs  # noqa: E402
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """(reference module, converted checkpoint dir) for a randomly initialised C3D."""
-    d = tmp_path_factory.mktemp("c3d")
-    torch.manual_seed(0)
-    ref = torch_refs.randomize(torch_refs.C3D(num_classes=11))
-    src = torch_refs.save_state_dict(ref, d / "c3d.pickle")
-    dst = str(d / "c3d-kvjax")
-    summary = commands.convert(src, dst, "c3d")
-    assert "c3d" in summary and dst in summary
-    return ref, dst, src
+    """(reference module, converted checkpoint dir, source) for a randomly initialised C3D."""
+    ref = torch_refs.random_module(torch_refs.C3D, num_classes=11)
+    c = torch_refs.convert_reference(ref, tmp_path_factory.mktemp("c3d"), "c3d", "c3d.pickle")
+    assert "c3d" in c.summary and c.dst in c.summary
+    return ref, c.dst, c.src
 
 
 def _parity(ref, dst, size):

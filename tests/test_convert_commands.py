@@ -91,9 +91,8 @@ def test_every_arch_names_an_existing_parity_test():
 
 def _vqvae(path, seed=0, edit=None):
     """A tiny VideoGPT VQ-VAE Lightning checkpoint (converts in about a second)."""
-    torch.manual_seed(seed)
-    ref = torch_refs.randomize(torch_refs.VQVAE(n_hiddens=16, n_res_layers=1,
-                                                downsample=(2, 4, 4), embedding_dim=4), seed)
+    ref = torch_refs.random_module(torch_refs.VQVAE, n_hiddens=16, n_res_layers=1,
+                                   downsample=(2, 4, 4), embedding_dim=4, seed=seed)
     sd = ref.state_dict()
     if edit:
         edit(sd)

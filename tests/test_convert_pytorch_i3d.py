@@ -12,13 +12,10 @@ from converters import commands  # noqa: E402
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pytorch_i3d")
-    torch.manual_seed(0)
-    ref = torch_refs.randomize(torch_refs.InceptionI3d(num_classes=7))
-    src = torch_refs.save_state_dict(ref, d / "rgb_imagenet.pt")
-    dst = str(d / "converted")
-    commands.convert(src, dst, "pytorch-i3d")
-    return ref, kvjax.load_model("pytorch-i3d", checkpoint=dst), src
+    ref = torch_refs.random_module(torch_refs.InceptionI3d, num_classes=7)
+    c = torch_refs.convert_reference(ref, tmp_path_factory.mktemp("pytorch_i3d"), "pytorch-i3d",
+                                     "rgb_imagenet.pt")
+    return ref, c.model, c.src
 
 
 def _video(size, seed=1):

@@ -7,19 +7,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import kvjax  # noqa: E402
 import torch_refs  # noqa: E402
 from converters import commands  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    d = tmp_path_factory.mktemp("slowfast")
-    torch.manual_seed(0)
-    ref = torch_refs.randomize(torch_refs.SlowFastResNet(num_classes=6))
-    torch.save({"epoch": 196, "model_state": ref.state_dict(), "optimizer_state": {},
-                "cfg": "MODEL:\n  ARCH: i3d\n"}, d / "I3D_8x8_R50.pyth")
-    return ref, d
+def converted(tmp_path_factory):
+    """(reference module, its conversion) for a random I3D-R50 saved as PySlowFast's .pyth."""
+    ref = torch_refs.random_module(torch_refs.SlowFastResNet, num_classes=6)
+    return ref, torch_refs.convert_reference(
+        ref, tmp_path_factory.mktemp("slowfast"), "slowfast-i3d-r50", "I3D_8x8_R50.pyth",
+        wrap=lambda sd: {"epoch": 196, "model_state": sd, "optimizer_state": {},
+                         "cfg": "MODEL:\n  ARCH: i3d\n"})
 
 
 def _to_caffe2(key: str) -> str:
@@ -44,49 +43,44 @@ def _video(size):
     return np.random.default_rng(1).uniform(-2, 2.4, (1, *size, 3)).astype(np.float32)
 
 
-def test_every_layer_to_s5_matches(reference):
-    ref, d = reference
-    src = d / "I3D_8x8_R50.pyth"
-    commands.convert(str(src), str(d / "ck"), "slowfast-i3d-r50")
-    model = kvjax.load_model("slowfast-i3d-r50", checkpoint=str(d / "ck"))
+def test_every_layer_to_s5_matches(converted):
+    ref, c = converted
     x = _video((8, 32, 32))  # small; the head (avg-pool 4x7x7) needs 8x224x224, see slow test
     with torch.no_grad():
         want = ref(torch.from_numpy(x.transpose(0, 4, 1, 2, 3)), until="s5")
-    got = torch_refs.all_layers(model, x, until="s5")
+    got = torch_refs.all_layers(c.model, x, until="s5")
     assert set(got) == set(want) and len(got) == 3 + 16 * 6 + 4 + 1
     torch_refs.compare(got, want)
-    assert "guessed architecture: slowfast-i3d-r50 (all tensors match)" in commands.inspect(str(src))
+    assert "guessed architecture: slowfast-i3d-r50 (all tensors match)" in commands.inspect(c.src)
 
 
-def test_caffe2_blobs_give_the_same_weights(reference):
+def test_caffe2_blobs_give_the_same_weights(converted, tmp_path):
     """The Caffe2 .pkl of the same network converts to exactly the .pyth's state."""
     from kvjax.io import model_checkpoint
     from kvjax.models.weights import flatten
-    ref, d = reference
+    ref, c = converted
     blobs = {_to_caffe2(k): v.numpy() for k, v in ref.state_dict().items()
              if not k.endswith("num_batches_tracked")}
     blobs.update({"lr": np.array([0.1]), "model_iter": np.array([5]),
                   "conv1_w_momentum": np.zeros((64, 3, 5, 7, 7), np.float32)})
-    with open(d / "I3D_8x8_R50.pkl", "wb") as f:
+    pkl = str(tmp_path / "I3D_8x8_R50.pkl")
+    with open(pkl, "wb") as f:
         pickle.dump({"blobs": blobs}, f, protocol=2)
-    commands.convert(str(d / "I3D_8x8_R50.pyth"), str(d / "ck-pyth"), "slowfast-i3d-r50")
-    commands.convert(str(d / "I3D_8x8_R50.pkl"), str(d / "ck-c2"), "slowfast-i3d-r50")
-    a = flatten(model_checkpoint.load(d / "ck-pyth")[1])
-    b = flatten(model_checkpoint.load(d / "ck-c2")[1])
+    commands.convert(pkl, str(tmp_path / "ck-c2"), "slowfast-i3d-r50")
+    a = flatten(model_checkpoint.load(c.dst)[1])  # the .pyth's conversion
+    b = flatten(model_checkpoint.load(tmp_path / "ck-c2")[1])
     assert set(a) == set(b)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    assert "slowfast-i3d-r50 (all tensors match)" in commands.inspect(str(d / "I3D_8x8_R50.pkl"))
+    assert "slowfast-i3d-r50 (all tensors match)" in commands.inspect(pkl)
 
 
 @pytest.mark.slow
-def test_every_layer_matches_full_size(reference):
-    ref, d = reference
-    commands.convert(str(d / "I3D_8x8_R50.pyth"), str(d / "ck-full"), "slowfast-i3d-r50")
-    model = kvjax.load_model("slowfast-i3d-r50", checkpoint=str(d / "ck-full"))
+def test_every_layer_matches_full_size(converted):
+    ref, c = converted
     x = _video((8, 224, 224))
     with torch.no_grad():
         want = ref(torch.from_numpy(x.transpose(0, 4, 1, 2, 3)))
-    got = torch_refs.all_layers(model, x)
+    got = torch_refs.all_layers(c.model, x)
     torch_refs.compare(got, want)
     assert got["head"].shape == (1, 1, 1, 1, 6)

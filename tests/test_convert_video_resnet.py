@@ -4,18 +4,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import kvjax  # noqa: E402
 import torch_refs  # noqa: E402
 from converters import commands  # noqa: E402
 from kvjax.errors import WeightsMismatchError  # noqa: E402
 
 
 def _convert(arch, tmp_path, num_classes=5):
-    torch.manual_seed(0)
-    ref = torch_refs.randomize(torch_refs.VideoResNet(arch, num_classes=num_classes))
-    src = torch_refs.save_state_dict(ref, tmp_path / f"{arch}.pth")
-    commands.convert(src, str(tmp_path / "ck"), arch)
-    return ref, kvjax.load_model(arch, checkpoint=str(tmp_path / "ck")), src
+    ref = torch_refs.random_module(torch_refs.VideoResNet, arch, num_classes=num_classes)
+    c = torch_refs.convert_reference(ref, tmp_path, arch, f"{arch}.pth")
+    return ref, c.model, c.src
 
 
 @pytest.mark.parametrize("arch", ["r3d_18", "mc3_18", "r2plus1d_18"])

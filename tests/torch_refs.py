@@ -5,6 +5,9 @@ Written here (torchvision does not import beside this torch); each `forward` ret
 """
 from __future__ import annotations
 
+import os
+from typing import Any, Callable, NamedTuple
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -32,6 +35,32 @@ def save_state_dict(module: nn.Module, path, wrap=None) -> str:
     sd = module.state_dict()
     torch.save(sd if wrap is None else wrap(sd), path)
     return str(path)
+
+
+def random_module(cls: Callable[..., nn.Module], *args, seed: int = 0, **kwargs) -> nn.Module:
+    """`cls(*args, **kwargs)` initialised under torch.manual_seed(seed), then `randomize`d."""
+    torch.manual_seed(seed)
+    return randomize(cls(*args, **kwargs), seed)
+
+
+class Conversion(NamedTuple):
+    """A reference module saved as an upstream checkpoint and run through `kvjax convert`."""
+    model: Any    # the kvjax VideoModel loaded from `dst`
+    src: str      # the PyTorch checkpoint written
+    dst: str      # the converted checkpoint (a folder)
+    summary: str  # what `kvjax convert` reported
+
+
+def convert_reference(ref: nn.Module, folder, arch: str, filename: str,
+                      wrap: Callable[[dict], Any] | None = None) -> Conversion:
+    """Save `ref`'s state dict as folder/filename (inside `wrap(state_dict)`, the upstream
+    checkpoint's dict, when given), convert it into folder/ck with --arch `arch`, load it."""
+    import kvjax
+    from converters import commands
+    src = save_state_dict(ref, os.path.join(folder, filename), wrap)
+    dst = os.path.join(folder, "ck")
+    summary = commands.convert(src, dst, arch)
+    return Conversion(kvjax.load_model(arch, checkpoint=dst), src, dst, summary)
 
 
 def to_channels_last(a: torch.Tensor) -> np.ndarray:

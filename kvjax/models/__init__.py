@@ -1,6 +1,8 @@
 """Built-in models and `load_model`."""
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Callable
 
 from kvjax.errors import KvjaxError, unknown_name
@@ -14,65 +16,31 @@ def register(name: str, builder: Callable[[str | None], VideoModel]) -> None:
     _BUILDERS[name] = builder
 
 
-def _i3d(checkpoint):
-    from kvjax.models import i3d
-    return i3d.build(checkpoint)
+# name -> (module under kvjax/models, arguments its `build` takes before the checkpoint).
+# Only `i3d` has built-in weights. The others read a checkpoint made by
+# `kvjax convert SRC DIR --arch NAME` (load_model(NAME, checkpoint=DIR)); without one they
+# raise a KvjaxError saying so.
+_BUILT_IN = {
+    "i3d": ("i3d", ()),
+    "c3d": ("c3d", ()),
+    "pytorch-i3d": ("pytorch_i3d", ()),
+    "r3d_18": ("video_resnet", ("r3d_18",)),
+    "mc3_18": ("video_resnet", ("mc3_18",)),
+    "r2plus1d_18": ("video_resnet", ("r2plus1d_18",)),
+    "slowfast-i3d-r50": ("slowfast_i3d", ()),
+    "videogpt-vqvae": ("videogpt", ()),
+    "flownets": ("flownets", ()),
+}
 
 
-register("i3d", _i3d)
+def _build(module: str, *args) -> VideoModel:
+    """kvjax.models.<module>.build(*args), the last argument being the checkpoint; the module
+    is imported on first use, so loading one model does not import the others."""
+    return importlib.import_module(f"kvjax.models.{module}").build(*args)
 
 
-# Architectures without built-in weights: load_model(NAME, checkpoint=DIR) reads a checkpoint
-# made by `kvjax convert SRC DIR --arch NAME`; without one they raise a KvjaxError saying so.
-def _c3d(checkpoint):
-    from kvjax.models import c3d
-    return c3d.build(checkpoint)
-
-
-register("c3d", _c3d)
-
-
-def _pytorch_i3d(checkpoint):
-    from kvjax.models import pytorch_i3d
-    return pytorch_i3d.build(checkpoint)
-
-
-register("pytorch-i3d", _pytorch_i3d)
-
-
-def _video_resnet(arch):
-    def builder(checkpoint):
-        from kvjax.models import video_resnet
-        return video_resnet.build(arch, checkpoint)
-    return builder
-
-
-for _arch in ("r3d_18", "mc3_18", "r2plus1d_18"):
-    register(_arch, _video_resnet(_arch))
-
-
-def _slowfast_i3d(checkpoint):
-    from kvjax.models import slowfast_i3d
-    return slowfast_i3d.build(checkpoint)
-
-
-register("slowfast-i3d-r50", _slowfast_i3d)
-
-
-def _videogpt(checkpoint):
-    from kvjax.models import videogpt
-    return videogpt.build(checkpoint)
-
-
-register("videogpt-vqvae", _videogpt)
-
-
-def _flownets(checkpoint):
-    from kvjax.models import flownets
-    return flownets.build(checkpoint)
-
-
-register("flownets", _flownets)
+for _name, (_module, _args) in _BUILT_IN.items():
+    register(_name, functools.partial(_build, _module, *_args))
 
 
 def available() -> list[str]:

