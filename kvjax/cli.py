@@ -31,11 +31,19 @@ def _parser() -> argparse.ArgumentParser:
                      help="size of the optimised video")
     vis.add_argument("--param", choices=("pixel", "spectral"), default=None,
                      help="stage-1 video parameterisation")
-    vis.add_argument("--chunk", type=int, default=None, help="kernels per compiled program")
+    vis.add_argument("--chunk", type=int, default=None,
+                     help="kernels per compiled program (default: what fits in device memory)")
     vis.add_argument("--seed", type=int, default=0)
     vis.add_argument("--out", default="kvjax-out", help="output folder (default: kvjax-out)")
     vis.add_argument("--resume", action="store_true",
                      help="continue a run in --out (also automatic when --out holds the same run)")
+    vis.add_argument("--coordinator", default=None, metavar="HOST:PORT|auto",
+                     help="start JAX's distributed runtime (process 0's address, or 'auto' to "
+                          "detect Slurm / Open MPI / TPU); see README 'Many devices and hosts'")
+    vis.add_argument("--num-processes", type=int, default=None, metavar="N",
+                     help="processes sharing this run; each takes a contiguous share of kernels")
+    vis.add_argument("--process-id", type=int, default=None, metavar="I",
+                     help="this process's index, 0 to N-1 (process 0 writes the report)")
 
     conv = sub.add_parser("convert", help="convert a PyTorch checkpoint into a kvjax checkpoint")
     conv.add_argument("src")

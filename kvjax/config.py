@@ -5,9 +5,11 @@
     kvjax.Config("fast", steps1=400, size=(16, 96, 96), param="pixel", lr2=5e-3)
 
 Overrides with the CLI's names: steps1, steps2, size (T, H, W of the optimised video), lr1,
-lr2, param ("pixel" | "spectral"), chunk (kernels per compiled program), input_size (T, H, W
-the model sees; None: the model's own). Any other field of `Stage1Config` / `Stage2Config`
-can be set with a `stage1_` / `stage2_` prefix (e.g. stage2_flow_param="displacement").
+lr2, param ("pixel" | "spectral"), chunk (kernels per compiled stage-1 program; default None:
+as many as fit in the free device memory, kvjax.devices; stage 2 always fits its chunks to the
+memory unless stage2_chunk_size is set), input_size (T, H, W the model sees; None: the model's
+own). Any other field of `Stage1Config` / `Stage2Config` can be set with a `stage1_` /
+`stage2_` prefix (e.g. stage2_flow_param="displacement").
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ PRESETS = ("fast", "paper")
 # model's own input (32x224x224 for I3D). `fast` feeds the video at its own size: I3D is fully
 # convolutional up to Mixed_5c, and 8x fewer voxels is what makes a CPU run take minutes.
 _INPUT_SIZE = {"paper": None, "fast": "video"}
-_SHORT = {"steps1": ("stage1", "steps"), "lr1": ("stage1", "lr"), "size": ("stage1", "size"),
-          "param": ("stage1", "param"), "chunk": ("stage1", "chunk_size"),
-          "steps2": ("stage2", "steps"), "lr2": ("stage2", "lr")}
+_SHORT = {"steps1": [("stage1", "steps")], "lr1": [("stage1", "lr")],
+          "size": [("stage1", "size")], "param": [("stage1", "param")],
+          "chunk": [("stage1", "chunk_size")],
+          "steps2": [("stage2", "steps")], "lr2": [("stage2", "lr")]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +51,8 @@ class Config:
             if name == "input_size":
                 input_size = value
             elif name in _SHORT:
-                stage, field = _SHORT[name]
-                over[stage][field] = value
+                for stage, field in _SHORT[name]:
+                    over[stage][field] = value
             elif name.startswith(("stage1_", "stage2_")):
                 over[name[:6]][name[7:]] = value
             else:

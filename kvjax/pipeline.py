@@ -8,13 +8,18 @@ built-in model's `model.features(layer)` or a user's own (a `jax.tree_util.Parti
 weights keeps them out of the compiled constants). Keys: stage 1 of kernel k uses
 fold_in(fold_in(key, 1), k) and stage 2 fold_in(fold_in(key, 2), k), so every kernel's result
 depends only on (key, k, config): chunking, resuming and the other kernels change nothing.
+
+Both stages run in chunks (config `chunk`, or as many kernels as fit in device memory: see
+kvjax.Config), one compiled program per stage for all chunks, each chunk's kernels split over
+the process's devices (kvjax.devices). The arrays returned are numpy arrays in host memory,
+kernels in the order requested. Several processes (hosts) each pass their own share,
+kvjax.devices.process_share(kernels, jax.process_index(), jax.process_count()).
 """
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from kvjax import stage1, stage2
@@ -26,7 +31,7 @@ SUMMARY_KEYS = ("activation", "activation_start", "direction_deg", "speed_px_per
 
 
 class Result(NamedTuple):
-    """Both stages for K kernels, in the order requested.
+    """Both stages for K kernels, in the order requested (numpy arrays in host memory).
 
     kernels i32[K]; videos f32[K,T,H,W,3] in [0,1] (stage 1); texture f32[K,H,W,3];
     displacement f32[K,T,H,W,2] (px, image coords, y down; V_t(p) ~ I(p + D_t(p)));
@@ -37,59 +42,58 @@ class Result(NamedTuple):
     direction_deg, speed_px_per_frame, motion_fraction, recon_mse).
     """
     kernels: np.ndarray
-    videos: jax.Array
-    texture: jax.Array
-    displacement: jax.Array
-    motion: jax.Array
-    reconstruction: jax.Array
-    trace1: jax.Array
-    trace2: jax.Array
-    finite: jax.Array
+    videos: np.ndarray
+    texture: np.ndarray
+    displacement: np.ndarray
+    motion: np.ndarray
+    reconstruction: np.ndarray
+    trace1: np.ndarray
+    trace2: np.ndarray
+    finite: np.ndarray
     summary: dict
 
 
-def _stage2_keys(key: jax.Array, kernels: Sequence[int]) -> jax.Array:
-    k2 = jax.random.fold_in(key, 2)
-    return jax.vmap(lambda k: jax.random.fold_in(k2, k))(jnp.asarray(kernels, jnp.int32))
-
-
 def decompose(videos, config: Config | None = None, key: jax.Array | None = None,
-              *, kernels: Sequence[int] | None = None) -> stage2.Decomposition:
+              *, kernels: Sequence[int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> stage2.Decomposition:
     """Stage 2 alone on videos f32[K,T,H,W,3] (kernels first): texture, motion, summary.
 
-    `kernels` (default 0..K-1) only names the videos for their keys, as `visualize` does.
+    `kernels` (default 0..K-1) only names the videos for their keys, as `visualize` does:
+    video i uses fold_in(fold_in(key, 2), kernels[i]).
     """
     config = config or Config()
     key = jax.random.key(0) if key is None else key
-    videos = jnp.asarray(videos, jnp.float32)
+    videos = np.asarray(videos, np.float32)
     if videos.ndim != 5 or videos.shape[-1] != 3:
         raise ValueError(f"videos must be f32[K, T, H, W, 3]; got shape {videos.shape}")
-    kernels = range(videos.shape[0]) if kernels is None else kernels
-    return stage2._decompose_batch(videos, _stage2_keys(key, kernels), config.stage2)
+    return stage2.decompose(videos, config.stage2, jax.random.fold_in(key, 2),
+                            kernels=kernels, devices=devices)
 
 
 def visualize(features: Callable[[jax.Array], jax.Array], kernels: Sequence[int],
               config: Config | None = None, key: jax.Array | None = None, *,
               objective: Objective | None = None,
-              progress: Callable[..., Any] | None = None) -> Result:
+              progress: Callable[..., Any] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Result:
     """Stage 1 (optimal video) then stage 2 (texture + motion) for every kernel in `kernels`.
 
     progress(stage, done, total) is called as the work advances (stage is "stage 1" or
-    "stage 2"; for stage 1, done/total count optimisation steps of the current chunk).
+    "stage 2"; for stage 1, done/total count optimisation steps of the current chunk; for
+    stage 2, chunks). devices: where to run (default: all of this process's devices).
     """
     config = config or Config()
     key = jax.random.key(0) if key is None else key
     kernels = np.asarray(list(kernels), np.int32)
-    cb = None
+    cb1 = cb2 = None
     if progress is not None:
-        cb = lambda done, total, chunk, n_chunks: progress("stage 1", done, total)  # noqa: E731
+        cb1 = lambda done, total, chunk, n_chunks: progress("stage 1", done, total)  # noqa: E731
+        cb2 = lambda done, total: progress("stage 2", done, total)  # noqa: E731
     s1 = stage1.optimize(features, kernels, config.stage1, jax.random.fold_in(key, 1),
-                         objective=objective, progress=cb)
+                         objective=objective, progress=cb1, devices=devices)
     if progress is not None:
         progress("stage 2", 0, 1)
-    dec = decompose(s1.videos, config, key, kernels=kernels)
-    if progress is not None:
-        progress("stage 2", 1, 1)
+    dec = stage2.decompose(s1.videos, config.stage2, jax.random.fold_in(key, 2),
+                           kernels=kernels, devices=devices, progress=cb2)
     summary = {"activation": s1.activation, "activation_start": s1.activation_start,
                **dec.summary}
     return Result(kernels, s1.videos, dec.texture, dec.displacement, dec.velocity,

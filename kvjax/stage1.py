@@ -8,9 +8,13 @@ shaped (STYLE.md item 1):
     step(state, features, kernel, config, objective) -> (state, value)
     run(state, features, kernel, config, n_steps, objective) -> (state, values f32[n_steps])
 
-and `optimize` vmaps them over kernels, in chunks of `config.chunk_size` kernels, running the
-steps as `lax.scan` segments of `config.progress_every` steps (one compiled program reused for
-every segment and every chunk) with a progress callback between segments.
+and `optimize` vmaps them over kernels, in chunks of `config.chunk_size` kernels (None: as many
+as fit in device memory, `auto_chunk_size`, from XLA's memory analysis), running the steps as
+`lax.scan` segments of `config.progress_every` steps (one compiled program reused for every
+segment and every chunk) with a progress callback between segments. With several devices each
+chunk's kernel axis is split over them inside the same programs (kvjax.devices); chunks are
+then a multiple of the device count. Results come back to host memory chunk by chunk, in
+kernel order.
 
 Reproducibility: kernel k uses the key jax.random.fold_in(key, k), so its result depends only
 on (key, k, config), not on chunking or on which other kernels run beside it.
@@ -37,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kvjax import devices as devices_lib
 from kvjax import objectives as objectives_lib
 from kvjax import param as param_lib
 from kvjax import transforms as transforms_lib
@@ -57,7 +62,8 @@ class Stage1Config:
     parameters' normal init; spectral_decay / spectral_time_weight: see param.spectral.
     transform: a (key, video) -> video robustness transform drawn fresh each step (hashable,
     e.g. transforms.Affine), or None for none. optimizer: an optax GradientTransformation, or
-    None for optax.adam(lr). chunk_size: kernels per compiled program (memory bound).
+    None for optax.adam(lr). chunk_size: kernels per compiled program (memory bound; rounded
+    down to a multiple of the device count), or None to fit the free device memory.
     progress_every: steps per lax.scan segment (progress is reported between segments).
     """
     steps: int = 1500
@@ -69,7 +75,7 @@ class Stage1Config:
     spectral_time_weight: float = 1.0
     transform: Callable | None = dataclasses.field(default_factory=transforms_lib.Affine.paper)
     optimizer: optax.GradientTransformation | None = None
-    chunk_size: int = 8
+    chunk_size: int | None = None
     progress_every: int = 50
 
     def __post_init__(self):
@@ -79,9 +85,11 @@ class Stage1Config:
         if self.param not in param_lib.PARAMS:
             raise ValueError(f"param must be one of {', '.join(param_lib.PARAMS)}; "
                              f"got {self.param!r}")
-        for name in ("chunk_size", "progress_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.chunk_size is not None and int(self.chunk_size) < 1:
+            raise ValueError(f"chunk_size must be at least 1, or None (fit the free device "
+                             f"memory); got {self.chunk_size}")
+        if int(self.progress_every) < 1:
+            raise ValueError(f"progress_every must be at least 1; got {self.progress_every}")
         if int(self.steps) < 0:
             raise ValueError(f"steps must be >= 0; got {self.steps}")
 
@@ -151,7 +159,7 @@ load above. 64 px is still several receptive fields of early layers across; use 
 """
 
 FAST = Stage1Config(steps=100, lr=0.1, size=(16, 64, 64), param="spectral", init_sd=0.01,
-                    spectral_decay=1.5, transform=transforms_lib.Affine(), chunk_size=8,
+                    spectral_decay=1.5, transform=transforms_lib.Affine(), chunk_size=None,
                     progress_every=10)
 
 
@@ -288,40 +296,55 @@ def _program_config(config: Stage1Config) -> Stage1Config:
     return dataclasses.replace(config, steps=0, chunk_size=1, progress_every=1)
 
 
-@functools.partial(jax.jit, static_argnames=("static", "config"))
-def _start(arrays, static, key, kernels, config):
-    features, objective = combine(arrays, static)
-    states = jax.vmap(init, in_axes=(None, 0, None))(key, kernels, config)
-    values = jax.vmap(measure, in_axes=(0, None, 0, None, None))(
-        states.params, features, kernels, config, objective)
-    return states, values
+# Each program vmaps over the chunk's kernels; with a mesh (several devices) the kernel axis
+# is split over it by shard_map: every device runs the same vmapped code on its block.
+
+@functools.partial(jax.jit, static_argnames=("static", "config", "mesh"))
+def _start(arrays, static, key, kernels, config, mesh=None):
+    def local(arrays, key, kernels):
+        features, objective = combine(arrays, static)
+        states = jax.vmap(init, in_axes=(None, 0, None))(key, kernels, config)
+        values = jax.vmap(measure, in_axes=(0, None, 0, None, None))(
+            states.params, features, kernels, config, objective)
+        return states, values
+    specs = (devices_lib.REPLICATED, devices_lib.REPLICATED, devices_lib.KERNEL_AXIS)
+    return devices_lib.over_kernels(local, mesh, specs)(arrays, key, kernels)
 
 
-@functools.partial(jax.jit, static_argnames=("static", "config", "n_steps"))
-def _segment(arrays, static, states, kernels, n_active, config, n_steps):
-    features, objective = combine(arrays, static)
-    go = lambda s, k: run(s, features, k, config, n_steps, objective, n_active)
-    return jax.vmap(go)(states, kernels)
+@functools.partial(jax.jit, static_argnames=("static", "config", "n_steps", "mesh"))
+def _segment(arrays, static, states, kernels, n_active, config, n_steps, mesh=None):
+    def local(arrays, states, kernels, n_active):
+        features, objective = combine(arrays, static)
+        go = lambda s, k: run(s, features, k, config, n_steps, objective, n_active)
+        return jax.vmap(go)(states, kernels)
+    specs = (devices_lib.REPLICATED, devices_lib.KERNEL_AXIS, devices_lib.KERNEL_AXIS,
+             devices_lib.REPLICATED)
+    return devices_lib.over_kernels(local, mesh, specs)(arrays, states, kernels, n_active)
 
 
-@functools.partial(jax.jit, static_argnames=("static", "config"))
-def _finish(arrays, static, states, kernels, config):
-    features, objective = combine(arrays, static)
-    videos = jax.vmap(render, in_axes=(0, None))(states.params, config)
-    values = jax.vmap(measure, in_axes=(0, None, 0, None, None))(
-        states.params, features, kernels, config, objective)
-    return videos, values
+@functools.partial(jax.jit, static_argnames=("static", "config", "mesh"))
+def _finish(arrays, static, states, kernels, config, mesh=None):
+    def local(arrays, states, kernels):
+        features, objective = combine(arrays, static)
+        videos = jax.vmap(render, in_axes=(0, None))(states.params, config)
+        values = jax.vmap(measure, in_axes=(0, None, 0, None, None))(
+            states.params, features, kernels, config, objective)
+        return videos, values
+    specs = (devices_lib.REPLICATED, devices_lib.KERNEL_AXIS, devices_lib.KERNEL_AXIS)
+    return devices_lib.over_kernels(local, mesh, specs)(arrays, states, kernels)
 
 
 def compiled_programs() -> int:
-    """How many programs stage 1 has compiled so far (for tests and benchmarks)."""
+    """How many programs stage 1 has compiled so far (for tests and benchmarks): entries of
+    its jit caches. On several devices one compiled program may hold two entries (JAX's
+    dispatch cache); count XLA compilations with jax.monitoring there (tests/test_sharding.py)."""
     return sum(f._cache_size() for f in (_start, _segment, _finish))
 
 
 # ----------------------------------------------------------------------------- driver
 
 class Stage1Result(NamedTuple):
-    """Stage 1 for K kernels, in the order requested.
+    """Stage 1 for K kernels, in the order requested (numpy arrays in host memory).
 
     videos: f32[K, T, H, W, 3] in [0, 1], rendered without transform.
     trace: f32[K, steps], the objective at each step (under that step's transform; NaN after
@@ -329,11 +352,11 @@ class Stage1Result(NamedTuple):
       transform); activation_start: f32[K], the same at initialisation. finite: bool[K],
       False where a NaN/inf occurred (that kernel's last finite state is returned).
     """
-    videos: jax.Array
-    trace: jax.Array
-    activation: jax.Array
-    activation_start: jax.Array
-    finite: jax.Array
+    videos: np.ndarray
+    trace: np.ndarray
+    activation: np.ndarray
+    activation_start: np.ndarray
+    finite: np.ndarray
 
 
 def _segments(steps: int, every: int) -> tuple[int, int]:
@@ -342,12 +365,6 @@ def _segments(steps: int, every: int) -> tuple[int, int]:
         return 0, 1
     n = math.ceil(steps / every)
     return n, math.ceil(steps / n)
-
-
-def _chunks(n: int, chunk_size: int) -> tuple[int, int]:
-    """(number of chunks, kernels per chunk): equal chunks of at most chunk_size."""
-    n_chunks = math.ceil(n / chunk_size)
-    return n_chunks, math.ceil(n / n_chunks)
 
 
 def _check_kernels(kernels, features: Features, config: Stage1Config) -> np.ndarray:
@@ -367,45 +384,103 @@ def _check_kernels(kernels, features: Features, config: Stage1Config) -> np.ndar
     return kernels.astype(np.int32)
 
 
+_MEMORY: dict = {}
+
+
+def program_memory(features: Features, config: Stage1Config, chunk: int,
+                   objective: objectives_lib.Objective | None = None,
+                   devices: Sequence[jax.Device] | None = None) -> int | None:
+    """Bytes per device of stage 1's largest program (a segment of optimisation steps) for
+    `chunk` kernels split over `devices`, from XLA's memory analysis (kvjax.devices.
+    program_bytes); None if the backend gives none. The program is compiled exactly as
+    `optimize` will call it, so a run with that chunk reuses the compilation. Cached."""
+    objective = objective or objectives_lib.channel()
+    devs = devices_lib.local_devices(devices)
+    arrays, static = partition((features, objective))
+    prog = _program_config(config)
+    _, seg_len = _segments(int(config.steps), int(config.progress_every))
+    cache_key = (static, tuple((a.shape, str(a.dtype)) for a in arrays), prog, seg_len, chunk,
+                 devs)
+    if cache_key not in _MEMORY:
+        mesh = devices_lib.kernel_mesh(devs)
+        weights = devices_lib.abstract(arrays, devs, devices_lib.REPLICATED)
+        ks = devices_lib.abstract(jax.ShapeDtypeStruct((chunk,), jnp.int32), devs,
+                                  devices_lib.KERNEL_AXIS)
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        states, _ = jax.eval_shape(functools.partial(_start, static=static, config=prog),
+                                   weights, key=key, kernels=ks)
+        states = devices_lib.abstract(states, devs, devices_lib.KERNEL_AXIS)
+        compiled = _segment.lower(weights, static, states, ks, jnp.int32(seg_len), prog,
+                                  seg_len, mesh).compile()
+        _MEMORY[cache_key] = devices_lib.program_bytes(compiled)
+    return _MEMORY[cache_key]
+
+
+def auto_chunk_size(features: Features, n_kernels: int, config: Stage1Config,
+                    objective: objectives_lib.Objective | None = None,
+                    devices: Sequence[jax.Device] | None = None,
+                    free_bytes: int | None = None) -> int:
+    """Kernels per chunk for n_kernels that fit the devices' free memory (a multiple of the
+    device count): kvjax.devices.auto_chunk over `program_memory`, the weights (array leaves
+    of features and objective) being the fixed part. free_bytes: free memory per device,
+    measured when None."""
+    devs = devices_lib.local_devices(devices)
+    arrays, _ = partition((features, objective or objectives_lib.channel()))
+    fixed = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays)
+    return devices_lib.auto_chunk(
+        lambda chunk: program_memory(features, config, chunk, objective, devs), fixed,
+        n_kernels, devs, free_bytes)
+
+
 def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | None = None,
              key: jax.Array | None = None, objective: objectives_lib.Objective | None = None,
-             progress: Progress | None = None) -> Stage1Result:
+             progress: Progress | None = None,
+             devices: Sequence[jax.Device] | None = None) -> Stage1Result:
     """Maximise `objective` (default: channel) for each kernel in `kernels`; see the module doc.
 
     features: pure f32[T,H,W,3] in [0,1] -> f32[t,h,w,C] (one video, model preprocessing
       included). kernels: channel indices (K of them, any order, repeats allowed).
     key: a PRNG key (default jax.random.key(0)). progress(steps_done, steps_total, chunk_index,
-      n_chunks) is called after every scan segment.
+      n_chunks) is called after every scan segment. devices: where to run (default: all of
+      this process's devices, jax.local_devices()); each chunk's kernels are split over them.
+    Returns numpy arrays (host memory), kernels in the order requested.
     """
     config = config or Stage1Config.preset("fast")
     key = jax.random.key(0) if key is None else key
     objective = objective or objectives_lib.channel()
     kernels = _check_kernels(kernels, features, config)
+    devs = devices_lib.local_devices(devices)
+    mesh = devices_lib.kernel_mesh(devs)
+    chunk_size = config.chunk_size
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(features, len(kernels), config, objective, devs)
     arrays, static = partition((features, objective))
+    arrays = devices_lib.place(arrays, devs, devices_lib.REPLICATED)
     prog = _program_config(config)
     n_segments, seg_len = _segments(int(config.steps), int(config.progress_every))
-    n_chunks, chunk = _chunks(len(kernels), int(config.chunk_size))
+    n_chunks, chunk = devices_lib.chunking(len(kernels), int(chunk_size), len(devs))
     padded = np.resize(kernels, n_chunks * chunk)  # pads by repeating from the start
 
     outs = []
     for c in range(n_chunks):
-        ks = jnp.asarray(padded[c * chunk:(c + 1) * chunk])
-        states, start = _start(arrays, static, key, ks, prog)
+        ks = devices_lib.place(padded[c * chunk:(c + 1) * chunk], devs,
+                               devices_lib.KERNEL_AXIS)
+        states, start = _start(arrays, static, key, ks, prog, mesh)
         traces = []
         for s in range(n_segments):
             n_active = min(seg_len, config.steps - s * seg_len)
             states, values = _segment(arrays, static, states, ks, jnp.int32(n_active), prog,
-                                      seg_len)
+                                      seg_len, mesh)
             traces.append(values[:, :n_active])
             if progress is not None:
                 jax.block_until_ready(values)
                 progress(s * seg_len + n_active, config.steps, c, n_chunks)
-        videos, final = _finish(arrays, static, states, ks, prog)
+        videos, final = _finish(arrays, static, states, ks, prog, mesh)
         trace = jnp.concatenate(traces, 1) if traces else jnp.zeros((chunk, 0), jnp.float32)
-        outs.append((videos, trace, final, start, states.finite))
+        outs.append(devices_lib.to_host((videos, trace, final, start, states.finite)))
 
     k = len(kernels)
-    result = Stage1Result(*(jnp.concatenate(parts)[:k] for parts in zip(*outs)))
+    result = Stage1Result(*(np.concatenate(parts)[:k] for parts in zip(*outs)))
     chex.assert_shape(result.videos, (k, *config.size, 3))
     chex.assert_shape(result.trace, (k, config.steps))
     chex.assert_shape([result.activation, result.activation_start, result.finite], (k,))

@@ -54,20 +54,27 @@ Presets (`Stage2Config.preset`):
   it is 0.995 and 0.89 to 0.92, while directions and speeds are unchanged. 100 steps give
   the same errors as 300.
 
-Everything from one key: `decompose(videos, config, key)` derives one key per video
-(`kernel_keys`); the same key gives the same result.
+Everything from one key: `decompose(videos, config, key, kernels=...)` gives video i the key
+fold_in(key, kernels[i]) (`kernel_keys`; kernels default to 0..K-1), so a video's result
+depends only on (key, its kernel index, config), not on the other videos or the chunking.
+
+Many videos: as stage 1, `decompose` runs equal chunks of `config.chunk_size` videos (None: as
+many as fit in device memory) through one compiled program, each chunk's kernel axis split
+over the process's devices (kvjax.devices); results come back to host memory in order.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from kvjax import devices as devices_lib
 from kvjax import motion
 from kvjax.errors import KvjaxError
 from kvjax.warp import fraction_to_pixels, pixels_to_fraction, warp, warp_frames
@@ -89,6 +96,7 @@ class Stage2Config:
     texture_init: str = "noise"      # "noise" | "first_frame" (first frame plus the noise)
     motion_init: str = "phase"       # "phase" (global phase correlation) | "none"
     scale_video: bool = True         # min-max scale V to [-0.5, 0.5] before optimising
+    chunk_size: int | None = None    # videos per compiled program; None: fit the free memory
 
     def __post_init__(self):
         choices = {"flow_param": ("velocity", "displacement"),
@@ -100,6 +108,9 @@ class Stage2Config:
                                  f"got {getattr(self, name)!r}")
         if self.steps < 1:
             raise KvjaxError(f"Stage2Config.steps must be >= 1; got {self.steps}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise KvjaxError(f"Stage2Config.chunk_size must be >= 1, or None (fit the free "
+                             f"device memory); got {self.chunk_size}")
 
     @classmethod
     def preset(cls, name: str = "fast", **overrides) -> "Stage2Config":
@@ -130,14 +141,15 @@ class Stage2State(NamedTuple):
 
 
 class Decomposition(NamedTuple):
-    """Stage-2 result, kernels first. Units: the input video's (texture, reconstruction) and
-    pixels in image coordinates, y down (displacement, velocity)."""
+    """Stage-2 result, kernels first (`decompose` returns numpy arrays in host memory; the
+    same fields without K from `decompose_one`). Units: the input video's (texture,
+    reconstruction) and pixels in image coordinates, y down (displacement, velocity)."""
 
-    texture: jax.Array          # f32[K, H, W, 3]
-    displacement: jax.Array     # f32[K, T, H, W, 2]  V_t(p) ~ I(p + D_t(p))
-    velocity: jax.Array         # f32[K, T, H, W, 2]  content px/frame, -(D_t - D_{t-1}); v_0 = v_1
-    reconstruction: jax.Array   # f32[K, T, H, W, 3]
-    loss_trace: jax.Array       # f32[K, steps]  total loss before each step
+    texture: np.ndarray         # f32[K, H, W, 3]
+    displacement: np.ndarray    # f32[K, T, H, W, 2]  V_t(p) ~ I(p + D_t(p))
+    velocity: np.ndarray        # f32[K, T, H, W, 2]  content px/frame, -(D_t - D_{t-1}); v_0 = v_1
+    reconstruction: np.ndarray  # f32[K, T, H, W, 3]
+    loss_trace: np.ndarray      # f32[K, steps]  total loss before each step
     summary: dict               # direction_deg, speed_px_per_frame, motion_fraction, recon_mse: f32[K]
 
 
@@ -362,31 +374,107 @@ def decompose_one(video, config: Stage2Config, key) -> Decomposition:
                          motion.summarize(video, recon, velocity))
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _decompose_batch(videos, keys, config: Stage2Config) -> Decomposition:
-    return jax.vmap(decompose_one, in_axes=(0, None, 0))(videos, config, keys)
+def kernel_keys(key, kernels):
+    """The per-video keys `decompose` uses: video i gets jax.random.fold_in(key, kernels[i])
+    (kernels: a sequence of indices, or an int K for 0..K-1), so its result depends only on
+    (key, its index, config), not on the videos beside it. Key array of shape (K,)."""
+    if isinstance(kernels, (int, np.integer)):
+        kernels = range(int(kernels))
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(kernels, jnp.int32))
 
 
-def kernel_keys(key, k: int):
-    """The per-video keys `decompose` uses: video i gets jax.random.fold_in(key, i), so its
-    result depends only on (key, i, config), not on the other videos beside it."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(k, dtype=jnp.int32))
+def _program_config(config: Stage2Config) -> Stage2Config:
+    """The config without the fields that do not change the compiled program."""
+    return dataclasses.replace(config, chunk_size=None)
 
 
-def decompose(videos, config: Stage2Config | None = None, key=None) -> Decomposition:
+@functools.partial(jax.jit, static_argnames=("config", "mesh"))
+def _decompose_chunk(videos, key, kernels, config: Stage2Config, mesh=None) -> Decomposition:
+    """One chunk: videos f32[k, T, H, W, 3], kernels i32[k] (their key indices)."""
+    def local(videos, key, kernels):
+        return jax.vmap(decompose_one, in_axes=(0, None, 0))(videos, config,
+                                                             kernel_keys(key, kernels))
+    specs = (devices_lib.KERNEL_AXIS, devices_lib.REPLICATED, devices_lib.KERNEL_AXIS)
+    return devices_lib.over_kernels(local, mesh, specs)(videos, key, kernels)
+
+
+def compiled_programs() -> int:
+    """How many programs stage 2 has compiled so far (for tests and benchmarks): entries of
+    its jit cache (see stage1.compiled_programs)."""
+    return _decompose_chunk._cache_size()
+
+
+_MEMORY: dict = {}
+
+
+def program_memory(video_shape: Sequence[int], config: Stage2Config, chunk: int,
+                   devices: Sequence[jax.Device] | None = None) -> int | None:
+    """Bytes per device of the decomposition of `chunk` videos of shape (T, H, W, 3) split
+    over `devices`, from XLA's memory analysis of the program compiled as `decompose` calls it
+    (which then reuses the compilation); None if the backend gives none. Cached."""
+    devs = devices_lib.local_devices(devices)
+    prog = _program_config(config)
+    cache_key = (tuple(video_shape), prog, chunk, devs)
+    if cache_key not in _MEMORY:
+        videos, ks = devices_lib.abstract(
+            (jax.ShapeDtypeStruct((chunk, *video_shape), jnp.float32),
+             jax.ShapeDtypeStruct((chunk,), jnp.int32)), devs, devices_lib.KERNEL_AXIS)
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        compiled = _decompose_chunk.lower(videos, key, ks, prog,
+                                          devices_lib.kernel_mesh(devs)).compile()
+        _MEMORY[cache_key] = devices_lib.program_bytes(compiled)
+    return _MEMORY[cache_key]
+
+
+def auto_chunk_size(video_shape: Sequence[int], n_videos: int, config: Stage2Config,
+                    devices: Sequence[jax.Device] | None = None,
+                    free_bytes: int | None = None) -> int:
+    """Videos per chunk that fit the devices' free memory (kvjax.devices.auto_chunk)."""
+    devs = devices_lib.local_devices(devices)
+    return devices_lib.auto_chunk(
+        lambda chunk: program_memory(video_shape, config, chunk, devs), 0, n_videos, devs,
+        free_bytes)
+
+
+def decompose(videos, config: Stage2Config | None = None, key=None, *,
+              kernels: Sequence[int] | None = None,
+              devices: Sequence[jax.Device] | None = None,
+              progress: Callable[[int, int], object] | None = None) -> Decomposition:
     """Texture/motion decomposition of K videos f32[K, T, H, W, 3] (any float range, e.g. the
-    stage-1 output in [0, 1]), vmapped over K in one compiled program.
+    stage-1 output in [0, 1]), vmapped over K in equal chunks of one compiled program.
 
-    Video i uses `kernel_keys(key, K)[i]`; `decompose_one(videos[i], config, that key)` gives
-    the same result for it alone.
+    Video i uses the key fold_in(key, kernels[i]) (`kernel_keys`; kernels default to
+    0..K-1), so `decompose_one(videos[i], config, that key)` gives the same result for it
+    alone, whatever the chunking. devices: where to run (default: jax.local_devices()); each
+    chunk's videos are split over them. progress(chunks_done, n_chunks) after each chunk.
+    Returns numpy arrays (host memory) in the order of `videos`.
     """
     config = Stage2Config.preset("fast") if config is None else config
     key = jax.random.key(0) if key is None else key
-    videos = jnp.asarray(videos, jnp.float32)
+    videos = np.asarray(videos, np.float32)
     if videos.ndim != 5 or videos.shape[-1] != 3:
         raise KvjaxError(f"videos must be f32[K, T, H, W, 3]; got shape {videos.shape}")
     k, t, h, w, _ = videos.shape
-    out = _decompose_batch(videos, kernel_keys(key, k), config)
+    kernels = np.arange(k, dtype=np.int32) if kernels is None else np.asarray(kernels, np.int32)
+    if kernels.shape != (k,):
+        raise KvjaxError(f"kernels must name each of the {k} videos (shape ({k},)); got "
+                         f"shape {kernels.shape}")
+    devs = devices_lib.local_devices(devices)
+    mesh = devices_lib.kernel_mesh(devs)
+    chunk_size = config.chunk_size
+    if chunk_size is None:
+        chunk_size = auto_chunk_size((t, h, w, 3), k, config, devs)
+    n_chunks, chunk = devices_lib.chunking(k, chunk_size, len(devs))
+    order = np.resize(np.arange(k), n_chunks * chunk)  # pads by repeating from the start
+    prog = _program_config(config)
+    outs = []
+    for c in range(n_chunks):
+        idx = order[c * chunk:(c + 1) * chunk]
+        part = devices_lib.place((videos[idx], kernels[idx]), devs, devices_lib.KERNEL_AXIS)
+        outs.append(devices_lib.to_host(_decompose_chunk(part[0], key, part[1], prog, mesh)))
+        if progress is not None:
+            progress(c + 1, n_chunks)
+    out = jax.tree_util.tree_map(lambda *parts: np.concatenate(parts)[:k], *outs)
     chex.assert_shape(out.texture, (k, h, w, 3))
     chex.assert_shape([out.displacement, out.velocity], (k, t, h, w, 2))
     chex.assert_shape(out.reconstruction, (k, t, h, w, 3))

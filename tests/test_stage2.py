@@ -7,6 +7,7 @@ frame; the summary reports directions on screen (y UP): (1, 0) -> 0 deg, (0, -1)
 The synthetic videos are sums of sinusoids evaluated at the moved coordinates, so every
 sub-pixel translation or rotation is exact (no interpolation in the ground truth).
 """
+import dataclasses
 import time
 
 import jax
@@ -249,9 +250,35 @@ def test_same_key_same_result_and_keys_matter():
 def test_second_call_compiles_nothing():
     videos = _small_videos()
     stage2.decompose(videos, SMALL, jax.random.key(0))
-    before = stage2._decompose_batch._cache_size()
+    before = stage2.compiled_programs()
     stage2.decompose(videos + 0.01, SMALL, jax.random.key(5))
-    assert stage2._decompose_batch._cache_size() == before
+    assert stage2.compiled_programs() == before
+
+
+def test_kernel_keys_and_chunks_change_nothing():
+    """Video i uses fold_in(key, kernels[i]); equal chunks run through one program (the last
+    padded) and give what one batch gives."""
+    videos = _small_videos(2)
+    key = jax.random.key(3)
+    named = stage2.decompose(videos[::-1], SMALL, key, kernels=[1, 0])
+    batch = stage2.decompose(videos, SMALL, key)
+    for a, b in zip(jax.tree.leaves(named), jax.tree.leaves(batch)):
+        np.testing.assert_array_equal(a, b[::-1])
+    five = jnp.concatenate([videos, videos[::-1], videos[:1]])   # 5 videos, kernels 7..11
+    seen = []
+    chunked = stage2.decompose(five, dataclasses.replace(SMALL, chunk_size=2), key,
+                               kernels=range(7, 12),
+                               progress=lambda done, n: seen.append(
+                                   (done, n, stage2.compiled_programs())))
+    assert [s[:2] for s in seen] == [(1, 3), (2, 3), (3, 3)]
+    assert seen[0][2] == seen[-1][2]  # nothing compiled after the first chunk
+    whole = stage2.decompose(five, dataclasses.replace(SMALL, chunk_size=5), key,
+                             kernels=range(7, 12))
+    assert isinstance(chunked.texture, np.ndarray) and chunked.texture.shape[0] == 5
+    for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(KvjaxError, match=r"kernels must name each of the 5 videos"):
+        stage2.decompose(five, SMALL, key, kernels=[1, 2])
 
 
 def test_step_and_run_are_pure():

@@ -1,11 +1,19 @@
 """`kvjax visualize`: both stages for chosen kernels of a layer, written into --out.
 
 Reads top to bottom: check every input (nothing is written before that), start or resume the
-run, then per chunk of kernels: optimise, save the chunk (orbax), write its pictures, and
-rewrite the layer's report (results.json, contact sheet, index.html).
+run, then per chunk of kernels: optimise, save the chunk, write its pictures, and rewrite the
+layer's report (results.json, contact sheet, index.html).
+
+Devices and processes (kvjax.devices): each chunk's kernels are split over this process's
+devices; the chunk size comes from --chunk or from the free device memory. With several
+processes (--num-processes / --process-id, with --coordinator for JAX's distributed runtime)
+process i runs the contiguous share `process_share(kernels, i, n)` and saves its own chunks
+into the shared --out; process 0 waits until every kernel is saved and drawn, then writes the
+layer's report.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -105,13 +113,44 @@ def _write_report(out: str, settings: dict, done: dict) -> str:
 
 
 # -- the run -------------------------------------------------------------------------------
+def _chunk_size(args_chunk, features, n_kernels: int, config: Config, n_devices: int) -> int:
+    """Kernels per CLI chunk: --chunk, or what fits the free memory (stage1.auto_chunk_size),
+    as a multiple of the device count and at most n_kernels rounded up to one. It depends on
+    the share (not on what is left of it), so a resumed run keeps the same shapes."""
+    from kvjax import devices, stage1
+    if args_chunk is None:
+        args_chunk = stage1.auto_chunk_size(features, n_kernels, config.stage1)
+    return min(devices.chunk_limit(args_chunk, n_devices),
+               math.ceil(n_kernels / n_devices) * n_devices)
+
+
+def _wait_for_others(store: RunStore, out: str, kernels: list[int], done: dict,
+                     poll_s: float = 2.0, say_every_s: float = 60.0) -> None:
+    """Block until every kernel of the run is saved (by any process) and drawn; fill `done`."""
+    said = 0.0
+    while True:
+        done.update(store.finished())
+        missing = [k for k in kernels if k not in done or not all(
+            os.path.exists(os.path.join(out, f)) for f in _file_names(k).values())]
+        if not missing:
+            return
+        if time.time() - said >= say_every_s:
+            said = time.time()
+            print(f"waiting for {len(missing)} kernel(s) from other processes "
+                  f"({missing[0]}...{missing[-1]})", flush=True)
+        time.sleep(poll_s)
+
+
 def run(args) -> int:
-    import jax
-    from kvjax.models import load_model
+    from kvjax import devices
     from kvjax.pipeline import visualize
 
     # Check everything first: nothing is written for bad input.
     config = _config(args.preset, _overrides(args))
+    index, count = devices.start_processes(args.coordinator, args.num_processes,
+                                           args.process_id)
+    import jax  # after start_processes: JAX's distributed runtime must start first
+    from kvjax.models import load_model
     model = load_model(args.model, args.checkpoint)
     layer = args.layer or model.default_layer
     info = model.check_layer(layer)
@@ -119,7 +158,8 @@ def run(args) -> int:
     out = _check_out(args.out)
 
     store = RunStore(out)
-    settings = store.start(_settings(args, model, layer, kernels, config), resume=args.resume)
+    settings = store.start(_settings(args, model, layer, kernels, config), resume=args.resume,
+                           owned=())
     if settings["layer"] != layer or settings["kernels"] != kernels:
         print(f"resuming the run in {out}: {settings['model']} / {settings['layer']}, "
               f"{len(settings['kernels'])} kernels")
@@ -128,28 +168,37 @@ def run(args) -> int:
         layer, kernels = settings["layer"], settings["kernels"]
         config = _config(settings["preset"], settings["overrides"])
 
+    share = devices.process_share(kernels, index, count)
+    store.remove_unfinished(share)  # only this process's: the others may be saving theirs
     done = store.finished()
-    todo = [k for k in kernels if k not in done]
+    todo = [k for k in share if k not in done]
     upscale = max(1, 224 // config.stage1.size[2])
-    for k in sorted(done):  # a run killed between saving a chunk and drawing it
+    for k in sorted(set(done) & set(share)):  # a run killed between saving a chunk and drawing it
         if not all(os.path.exists(os.path.join(out, f)) for f in _file_names(k).values()):
             _write_kernel(out, k, done[k], upscale)
-    chunk = min(config.stage1.chunk_size, len(kernels))  # same shapes when resumed
-    n_chunks = -(-len(todo) // chunk)
+    features = model.features(layer, input_size=config.input_size)
+    n_dev = len(jax.local_devices())
+    chunk = _chunk_size(settings["overrides"].get("chunk"), features, len(share), config,
+                        n_dev) if todo else 0
+    n_chunks = -(-len(todo) // chunk) if todo else 0
+    run_config = _config(settings["preset"], {**settings["overrides"], "chunk": chunk or None})
+    who = f"process {index} of {count}: kernels {share[0]}-{share[-1]}, " if count > 1 and \
+        share else (f"process {index} of {count}: no kernels, " if count > 1 else "")
     print(f"kvjax visualize: {model.name} / {layer}, {len(kernels)} kernels "
-          f"({len(done)} already done), preset {settings['preset']}, video "
+          f"({len(done)} already done), {who}preset {settings['preset']}, video "
           f"{'x'.join(map(str, config.stage1.size))}, model input "
           f"{'x'.join(map(str, config.input_size or model.input_size))}, "
-          f"{n_chunks} chunk(s) of {chunk}, backend {jax.default_backend()}", flush=True)
-    features = model.features(layer, input_size=config.input_size)
+          f"{n_chunks} chunk(s) of {chunk}, backend {jax.default_backend()} x {n_dev}",
+          flush=True)
     key = jax.random.key(settings["seed"])
     progress = Progress()
     t0 = time.time()
+    index_html = None
     for c in range(n_chunks):
         ks = todo[c * chunk:(c + 1) * chunk]
         padded = ks + [ks[0]] * (chunk - len(ks))  # full chunks: one compiled program
         progress.start(f"chunk {c + 1}/{n_chunks} (kernels {ks[0]}-{ks[-1]})")
-        res = visualize(features, padded, config, key, progress=progress)
+        res = visualize(features, padded, run_config, key, progress=progress)
         progress.close()
         arrays = {"kernels": np.asarray(ks), "videos": res.videos, "texture": res.texture,
                   "motion": res.motion, "reconstruction": res.reconstruction,
@@ -163,10 +212,30 @@ def run(args) -> int:
             if not done[k]["finite"]:
                 print(f"kernel {k}: NaN/inf during stage 1; its last finite video is kept",
                       flush=True)
-        index = _write_report(out, settings, {k: done[k] for k in kernels if k in done})
-    if not todo:
-        index = _write_report(out, settings, {k: done[k] for k in kernels})
-    print(f"done in {time.time() - t0:.0f} s: {index}")
+        if index == 0:
+            if count > 1:
+                done.update(store.finished())  # what the other processes saved so far
+            index_html = _write_report(out, settings, {k: done[k] for k in kernels if k in done})
+
+    return _finish(store, out, settings, kernels, share, done, index, count, index_html, t0)
+
+
+def _finish(store: RunStore, out: str, settings: dict, kernels: list[int], share: list[int],
+            done: dict, index: int, count: int, index_html: str | None, t0: float) -> int:
+    """Process 0 writes the report of the whole run (after the others, if any) and prints it."""
+    import jax
+    if count > 1 and (index == 0 or jax.process_count() > 1):
+        # Under JAX's distributed runtime every process waits, so that all leave together
+        # (the runtime's shutdown waits for the others only a few minutes).
+        _wait_for_others(store, out, kernels, done)
+    if index != 0:
+        print(f"done in {time.time() - t0:.0f} s: process {index} of {count} saved kernels "
+              f"{share[0] if share else '-'}-{share[-1] if share else '-'} in "
+              f"{os.path.abspath(out)}; process 0 writes the report")
+        return 0
+    if index_html is None or count > 1:
+        index_html = _write_report(out, settings, {k: done[k] for k in kernels})
+    print(f"done in {time.time() - t0:.0f} s: {index_html}")
     print(f"  results.json, contact sheet and per-kernel GIF/PNG files in {os.path.abspath(out)}")
     for k in kernels:
         s = done[k]["summary"]

@@ -1,21 +1,28 @@
-"""Resumable runs: every finished chunk of kernels is saved with orbax as it completes.
+"""Resumable runs: every finished chunk of kernels is saved as it completes.
 
 Layout inside the output folder:
 
-    run.json                  the run's settings (model, layer, config, seed, kernels)
-    state/chunk-<k0>-<k1>/     orbax checkpoint of one finished chunk: per-kernel arrays, K first
+    run.json                      the run's settings (model, layer, config, seed, kernels)
+    state/chunk-<k0>-<k1>-<n>/    one finished chunk of n kernels (first k0, last k1):
+                                  per-kernel arrays, K first
 
-Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run
-killed at any moment leaves finished chunks intact and at most a temporary folder, which is
-removed on the next start. A chunk's results depend only on (seed, kernel), so resuming gives
-the same numbers as an uninterrupted run.
+A chunk folder is an orbax checkpoint. Under JAX's distributed runtime (several processes,
+jax.process_count() > 1) it is instead `arrays.npz` (numpy's zip of arrays): orbax then saves
+only checkpoints that all processes write together (it refuses a process-local array, and
+writes numpy arrays from process 0 only), while here every process saves its own chunks when
+it finishes them. Either kind is written to a temporary folder (`tmp` in its name) and renamed
+when complete, so a run killed at any moment leaves finished chunks intact and at most a
+temporary folder, which the next start removes. Several processes share one folder: each
+removes only its own kernels' temporary folders. A chunk's results depend only on (seed,
+kernel), so resuming gives the same numbers as an uninterrupted run.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from typing import Any
+import uuid
+from typing import Any, Collection
 
 import numpy as np
 
@@ -23,6 +30,7 @@ from kvjax.errors import KvjaxError
 from kvjax.io.atomic import write_text
 
 _STATE = "state"
+_NPZ = "arrays.npz"
 
 
 class RunStore:
@@ -31,6 +39,7 @@ class RunStore:
     def __init__(self, out_dir: str | os.PathLike):
         self.out_dir = os.fspath(out_dir)
         self.state_dir = os.path.join(self.out_dir, _STATE)
+        self._loaded: dict[str, dict[int, dict]] = {}  # chunk folder -> its kernels, read once
 
     # -- settings --------------------------------------------------------------------------
     def settings(self) -> dict | None:
@@ -44,11 +53,14 @@ class RunStore:
         except (OSError, json.JSONDecodeError) as e:
             raise KvjaxError(f"{path} is unreadable ({e}); choose another --out") from None
 
-    def start(self, settings: dict, *, resume: bool) -> dict:
+    def start(self, settings: dict, *, resume: bool,
+              owned: Collection[int] | None = None) -> dict:
         """Begin or continue a run; returns the settings in force.
 
         A folder holding a run with other settings is refused (nothing is overwritten) unless
-        `resume`, which continues the saved run with its own settings.
+        `resume`, which continues the saved run with its own settings. owned: the kernels
+        whose unfinished chunk folders are removed (default: all; a process sharing the
+        folder with others names its own share, or none and calls `remove_unfinished` later).
         """
         saved = self.settings()
         if saved is not None and saved != settings:
@@ -59,40 +71,97 @@ class RunStore:
                     "pass --resume to continue that run, or choose another --out")
             settings = saved
         os.makedirs(self.state_dir, exist_ok=True)
-        self._remove_partial()
+        self.remove_unfinished(owned)
         write_text(os.path.join(self.out_dir, "run.json"), json.dumps(settings, indent=2))
         return settings
 
     # -- chunks ----------------------------------------------------------------------------
     def save_chunk(self, arrays: dict[str, Any]) -> None:
         """Save one finished chunk: a dict of arrays with the kernel axis first, incl. `kernels`."""
-        import orbax.checkpoint as ocp
         kernels = np.asarray(arrays["kernels"])
         name = f"chunk-{int(kernels[0]):05d}-{int(kernels[-1]):05d}-{len(kernels)}"
         tree = {k: np.asarray(v) for k, v in _flatten(arrays).items()}
+        path = os.path.join(os.path.abspath(self.state_dir), name)
+        if _processes() > 1:
+            _save_npz(path, tree)
+            return
+        import orbax.checkpoint as ocp
         ck = ocp.StandardCheckpointer()
-        ck.save(os.path.join(os.path.abspath(self.state_dir), name), tree, force=True)
+        ck.save(path, tree, force=True)
         ck.wait_until_finished()
 
     def finished(self) -> dict[int, dict[str, np.ndarray]]:
-        """{kernel: {name: array without the kernel axis}} for every saved chunk."""
-        import orbax.checkpoint as ocp
+        """{kernel: {name: array without the kernel axis}} for every saved chunk (whichever
+        process saved it; chunks already read by this store are not read again)."""
         out: dict[int, dict[str, np.ndarray]] = {}
         if not os.path.isdir(self.state_dir):
             return out
-        ck = ocp.StandardCheckpointer()
         for name in sorted(os.listdir(self.state_dir)):
             if not name.startswith("chunk-") or "tmp" in name:
                 continue
-            tree = _unflatten(ck.restore(os.path.join(os.path.abspath(self.state_dir), name)))
-            for i, k in enumerate(np.asarray(tree["kernels"]).tolist()):
-                out[int(k)] = _index(tree, i)
+            if name not in self._loaded:
+                tree = _unflatten(_load(os.path.join(os.path.abspath(self.state_dir), name)))
+                self._loaded[name] = {int(k): _index(tree, i) for i, k in
+                                      enumerate(np.asarray(tree["kernels"]).tolist())}
+            out.update(self._loaded[name])
         return out
 
-    def _remove_partial(self) -> None:
+    def remove_unfinished(self, owned: Collection[int] | None = None) -> None:
+        """Remove the temporary folders of unfinished chunks whose first kernel is in `owned`
+        (default: all of them)."""
+        owned = None if owned is None else set(int(k) for k in owned)
         for name in os.listdir(self.state_dir):
-            if "tmp" in name:  # orbax's unfinished checkpoint folders
-                shutil.rmtree(os.path.join(self.state_dir, name), ignore_errors=True)
+            if "tmp" not in name:  # orbax's and _save_npz's unfinished folders say tmp
+                continue
+            if owned is not None and _first_kernel(name) not in owned:
+                continue  # another process's chunk, maybe being written now
+            shutil.rmtree(os.path.join(self.state_dir, name), ignore_errors=True)
+
+
+def _processes() -> int:
+    import jax
+    return jax.process_count()
+
+
+def _first_kernel(name: str) -> int | None:
+    """k0 of a chunk folder name chunk-<k0>-<k1>-<n>[...], or None."""
+    try:
+        return int(name.split("-")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _save_npz(path: str, tree: dict[str, np.ndarray]) -> None:
+    """`path`/arrays.npz, written in a temporary folder renamed into place when complete."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp)
+    try:
+        with open(os.path.join(tmp, _NPZ), "wb") as f:
+            np.savez(f, **tree)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(path: str) -> dict[str, np.ndarray]:
+    """The flat arrays of one chunk folder, either kind."""
+    npz = os.path.join(path, _NPZ)
+    if os.path.exists(npz):
+        with np.load(npz, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    import orbax.checkpoint as ocp
+    if _processes() > 1:
+        # Read by this process alone: no barrier with processes that are not reading.
+        import jax
+        me = jax.process_index()
+        options = ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"kvjax-read-{me}")
+        return ocp.StandardCheckpointer(multiprocessing_options=options).restore(path)
+    return ocp.StandardCheckpointer().restore(path)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
