@@ -44,6 +44,7 @@ import optax
 from kvjax import devices as devices_lib
 from kvjax import objectives as objectives_lib
 from kvjax import param as param_lib
+from kvjax import presets
 from kvjax import transforms as transforms_lib
 
 Features = Callable[[jax.Array], jax.Array]
@@ -104,14 +105,7 @@ class Stage1Config:
           spectral param (decay 1.5), Adam lr 0.1, 100 steps, 16x64x64, kvjax's centred
           symmetric transform `Affine()`; `FAST_NOTES` gives the measurements behind it.
         """
-        presets = {"paper": PAPER, "fast": FAST}
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; valid: {', '.join(presets)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(overrides) - fields)
-        if bad:
-            raise ValueError(f"unknown Stage1Config field(s) {bad}; valid: {sorted(fields)}")
-        return dataclasses.replace(presets[name], **overrides)
+        return presets.select(cls, {"paper": PAPER, "fast": FAST}, name, overrides)
 
     def make_param(self) -> param_lib.Param:
         kw = dict(sd=self.init_sd)

@@ -75,7 +75,7 @@ import numpy as np
 import optax
 
 from kvjax import devices as devices_lib
-from kvjax import motion
+from kvjax import motion, presets
 from kvjax.errors import KvjaxError
 from kvjax.warp import fraction_to_pixels, pixels_to_fraction, warp, warp_frames
 
@@ -118,18 +118,11 @@ class Stage2Config:
         rate that suits a correct warp. `fast`: 100 steps from the first frame and the global
         motion, lighter TV on the texture. Measurements behind both: the module docstring.
         """
-        presets = {
-            "paper": dict(),
-            "fast": dict(steps=100, lr=1e-2, lr_flow=1e-3, w_smooth_i=0.1,
-                         texture_init="first_frame", init_std=1e-3),
-        }
-        if name not in presets:
-            raise KvjaxError(f"unknown stage-2 preset {name!r}; valid: {', '.join(presets)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(overrides) - fields)
-        if bad:
-            raise KvjaxError(f"unknown Stage2Config fields {bad}; valid: {sorted(fields)}")
-        return cls(**{**presets[name], **overrides})
+        return presets.select(cls, {
+            "paper": cls(),
+            "fast": cls(steps=100, lr=1e-2, lr_flow=1e-3, w_smooth_i=0.1,
+                        texture_init="first_frame", init_std=1e-3),
+        }, name, overrides)
 
 
 class Stage2State(NamedTuple):

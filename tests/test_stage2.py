@@ -301,7 +301,7 @@ def test_presets_and_config_errors():
     assert fast.steps == 7 and fast.steps < paper.steps
     with pytest.raises(KvjaxError, match="valid: paper, fast"):
         stage2.Stage2Config.preset("slow")
-    with pytest.raises(KvjaxError, match="unknown Stage2Config fields"):
+    with pytest.raises(KvjaxError, match="unknown Stage2Config field"):
         stage2.Stage2Config.preset("fast", step=3)
     with pytest.raises(KvjaxError, match="flow_param must be one of"):
         stage2.Stage2Config(flow_param="spline")
