@@ -18,25 +18,14 @@ from kvjax import devices, stage1, stage2
 from kvjax.errors import KvjaxError
 from kvjax.io import run_state
 
+import tiny_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY = """
+TINY = "import sys\nsys.path.insert(0, " + repr(os.path.join(ROOT, "tests")) + ")\n" + """
 import jax, numpy as np
-from kvjax import ops, stage1, stage2, transforms
-
-SIZE, C = (4, 12, 12), 4
-
-def conv_relu(w, video):
-    return jax.nn.relu(ops.conv3d((2 * video - 1)[None], w, (1, 1, 1), "VALID")[0])
-
-def tiny_features(seed=0):
-    w = 0.3 * jax.random.normal(jax.random.key(seed), (2, 3, 3, 3, C))
-    return jax.tree_util.Partial(conv_relu, w)
-
-def config1(**kw):
-    base = dict(steps=12, size=SIZE, chunk_size=4, progress_every=5,
-                transform=transforms.Affine(jitter=(1, 2, 2), scales=(0.9, 1.0, 1.1)))
-    return stage1.Stage1Config.preset("paper", **{**base, **kw})
+from kvjax import stage1, stage2
+from tiny_model import SIZE, C, tiny_features, config as config1
 
 CONFIG2 = stage2.Stage2Config.preset("fast", steps=5)
 
@@ -223,16 +212,11 @@ def test_host_available_memory_reads_meminfo(tmp_path):
     assert devices.free_memory(jax.local_devices()[0]) > 0
 
 
-def _conv_relu(w, video):
-    from kvjax import ops
-    return jax.nn.relu(ops.conv3d((2 * video - 1)[None], w, (1, 1, 1), "VALID")[0])
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    w = 0.3 * jax.random.normal(jax.random.key(0), (2, 3, 3, 3, 4))
-    cfg = stage1.Stage1Config.preset("fast", steps=4, size=(4, 12, 12), progress_every=4)
-    return jax.tree_util.Partial(_conv_relu, w), w, cfg
+    features = tiny_model.tiny_features()
+    cfg = stage1.Stage1Config.preset("fast", steps=4, size=tiny_model.SIZE, progress_every=4)
+    return features, features.args[0], cfg
 
 
 class _Compiles:
@@ -279,7 +263,7 @@ def test_auto_chunk_from_a_fake_free_memory(tiny, monkeypatch):
 
 def test_a_run_that_fits_compiles_each_program_once(tiny):
     """The program compiled to measure the memory is the one the run then uses."""
-    features = jax.tree_util.Partial(lambda w, v: _conv_relu(w, v), tiny[1])  # new program
+    features = jax.tree_util.Partial(lambda w, v: tiny_model.conv_relu(w, v), tiny[1])  # new
     COMPILES.names.clear()
     stage1.optimize(features, [0, 1, 2], tiny[2], jax.random.key(0))
     stage2.decompose(np.zeros((3, 4, 12, 12, 3), np.float32) + np.arange(12.0)[:, None] / 12,

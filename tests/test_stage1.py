@@ -7,26 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kvjax import objectives, ops, stage1, transforms
+from kvjax import objectives, stage1, transforms
 
-SIZE = (4, 12, 12)
-C = 4
-
-
-def _conv_relu(w, video):
-    """A one-layer 'model': 2x3x3 conv (3 -> C channels) on video mapped to [-1, 1], ReLU."""
-    return jax.nn.relu(ops.conv3d((2 * video - 1)[None], w, (1, 1, 1), "VALID")[0])
-
-
-def tiny_features(seed=0):
-    w = 0.3 * jax.random.normal(jax.random.key(seed), (2, 3, 3, 3, C))
-    return jax.tree_util.Partial(_conv_relu, w)
-
-
-def config(**kw):
-    base = dict(steps=12, size=SIZE, chunk_size=4, progress_every=5,
-                transform=transforms.Affine(jitter=(1, 2, 2), scales=(0.9, 1.0, 1.1)))
-    return stage1.Stage1Config.preset("paper", **{**base, **kw})
+from tiny_model import C, SIZE, config, tiny_features
+from tiny_model import conv_relu as _conv_relu
 
 
 @pytest.fixture(scope="module")
