@@ -11,7 +11,8 @@ shaped (STYLE.md item 1):
 and `optimize` vmaps them over kernels, in chunks of `config.chunk_size` kernels (None: as many
 as fit in device memory, `auto_chunk_size`, from XLA's memory analysis), running the steps as
 `lax.scan` segments of `config.progress_every` steps (one compiled program reused for every
-segment and every chunk) with a progress callback between segments. With several devices each
+segment and every chunk) with a progress callback between segments; on CPU, where XLA runs a
+step 2.2x slower inside a scan (`_plan`), one compiled step at a time, reporting as often. With several devices each
 chunk's kernel axis is split over them inside the same programs (kvjax.devices); chunks are
 then a multiple of the device count. Results come back to host memory chunk by chunk, in
 kernel order.
@@ -223,14 +224,18 @@ def step(state: Stage1State, features: Features, kernel, config: Stage1Config,
 
 
 def run(state: Stage1State, features: Features, kernel, config: Stage1Config, n_steps: int,
-        objective: objectives_lib.Objective | None = None, n_active=None
+        objective: objectives_lib.Objective | None = None, n_active=None, unroll=1
         ) -> tuple[Stage1State, jax.Array]:
     """`n_steps` steps as one lax.scan: (state, values f32[n_steps]).
 
     n_active (optional, may be traced but must not be batched): only the first n_active steps
     run; the rest leave the state alone and report NaN (lets one compiled segment length
-    serve a shorter last segment).
+    serve a shorter last segment). unroll: lax.scan's. One step without n_active is `step`
+    itself, with no scan around it (see `_plan` for why the CPU wants that).
     """
+    if n_steps == 1 and n_active is None:
+        state, value = step(state, features, kernel, config, objective)
+        return state, value[None]
     def body(state, i):
         if n_active is None:
             return step(state, features, kernel, config, objective)
@@ -238,7 +243,7 @@ def run(state: Stage1State, features: Features, kernel, config: Stage1Config, n_
                             lambda s: step(s, features, kernel, config, objective),
                             lambda s: (s, jnp.float32(jnp.nan)), state)
 
-    return jax.lax.scan(body, state, jnp.arange(n_steps))
+    return jax.lax.scan(body, state, jnp.arange(n_steps), unroll=unroll)
 
 
 # ----------------------------------------------------------------------------- compiled programs
@@ -353,6 +358,20 @@ class Stage1Result(NamedTuple):
     finite: np.ndarray
 
 
+def _plan(steps: int, every: int, platform: str) -> tuple[int, int, bool]:
+    """(segments, steps per segment, single) for a run of `steps` on `platform`.
+
+    On CPU each step is its own program (`step`, no lax.scan around it), driven from Python:
+    XLA's CPU backend ran the same step 2.2x slower inside a scan (I3D Conv3d_1a_7x7, paper
+    preset, 2-core AMD EPYC: 2.34-2.38 s per step in a scan of length 1 or 2, rolled or
+    a length-1 unrolled one, against 1.02-1.08 s for the bare step or an unrolled scan of
+    2-3 steps), and at ~1 s a step the per-step dispatch from Python costs nothing.
+    Elsewhere: lax.scan segments of `every` steps (`_segments`)."""
+    if platform == "cpu":
+        return steps, 1, True
+    return (*_segments(steps, every), False)
+
+
 def _segments(steps: int, every: int) -> tuple[int, int]:
     """(number of segments, steps per segment) covering `steps` with the fewest padded steps."""
     if steps == 0:
@@ -392,7 +411,7 @@ def program_memory(features: Features, config: Stage1Config, chunk: int,
     devs = devices_lib.local_devices(devices)
     arrays, static = partition((features, objective))
     prog = _program_config(config)
-    _, seg_len = _segments(int(config.steps), int(config.progress_every))
+    _, seg_len, single = _plan(int(config.steps), int(config.progress_every), devs[0].platform)
     cache_key = (static, tuple((a.shape, str(a.dtype)) for a in arrays), prog, seg_len, chunk,
                  devs)
     if cache_key not in _MEMORY:
@@ -404,8 +423,8 @@ def program_memory(features: Features, config: Stage1Config, chunk: int,
         states, _ = jax.eval_shape(functools.partial(_start, static=static, config=prog),
                                    weights, key=key, kernels=ks)
         states = devices_lib.abstract(states, devs, devices_lib.KERNEL_AXIS)
-        compiled = _segment.lower(weights, static, states, ks, jnp.int32(seg_len), prog,
-                                  seg_len, mesh).compile()
+        compiled = _segment.lower(weights, static, states, ks, None if single else jnp.int32(
+            seg_len), prog, seg_len, mesh).compile()
         _MEMORY[cache_key] = devices_lib.program_bytes(compiled)
     return _MEMORY[cache_key]
 
@@ -451,7 +470,9 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
     arrays, static = partition((features, objective))
     arrays = devices_lib.place(arrays, devs, devices_lib.REPLICATED)
     prog = _program_config(config)
-    n_segments, seg_len = _segments(int(config.steps), int(config.progress_every))
+    n_segments, seg_len, single = _plan(int(config.steps), int(config.progress_every),
+                                        devs[0].platform)
+    _, report_every = _segments(int(config.steps), int(config.progress_every))
     n_chunks, chunk = devices_lib.chunking(len(kernels), int(chunk_size), len(devs))
     padded = np.resize(kernels, n_chunks * chunk)  # pads by repeating from the start
 
@@ -463,12 +484,15 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
         traces = []
         for s in range(n_segments):
             n_active = min(seg_len, config.steps - s * seg_len)
-            states, values = _segment(arrays, static, states, ks, jnp.int32(n_active), prog,
-                                      seg_len, mesh)
+            states, values = _segment(arrays, static, states, ks,
+                                      None if single else jnp.int32(n_active), prog, seg_len,
+                                      mesh)
             traces.append(values[:, :n_active])
-            if progress is not None:
+            done = s * seg_len + n_active
+            if progress is not None and (not single or done % report_every == 0
+                                         or done == config.steps):
                 jax.block_until_ready(values)
-                progress(s * seg_len + n_active, config.steps, c, n_chunks)
+                progress(done, config.steps, c, n_chunks)
         videos, final = _finish(arrays, static, states, ks, prog, mesh)
         trace = jnp.concatenate(traces, 1) if traces else jnp.zeros((chunk, 0), jnp.float32)
         outs.append(devices_lib.to_host((videos, trace, final, start, states.finite)))
