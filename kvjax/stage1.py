@@ -224,14 +224,14 @@ def step(state: Stage1State, features: Features, kernel, config: Stage1Config,
 
 
 def run(state: Stage1State, features: Features, kernel, config: Stage1Config, n_steps: int,
-        objective: objectives_lib.Objective | None = None, n_active=None, unroll=1
+        objective: objectives_lib.Objective | None = None, n_active=None
         ) -> tuple[Stage1State, jax.Array]:
     """`n_steps` steps as one lax.scan: (state, values f32[n_steps]).
 
     n_active (optional, may be traced but must not be batched): only the first n_active steps
     run; the rest leave the state alone and report NaN (lets one compiled segment length
-    serve a shorter last segment). unroll: lax.scan's. One step without n_active is `step`
-    itself, with no scan around it (see `_plan` for why the CPU wants that).
+    serve a shorter last segment). One step without n_active is `step` itself, with no scan
+    around it (see `_plan` for why the CPU wants that).
     """
     if n_steps == 1 and n_active is None:
         state, value = step(state, features, kernel, config, objective)
@@ -243,7 +243,7 @@ def run(state: Stage1State, features: Features, kernel, config: Stage1Config, n_
                             lambda s: step(s, features, kernel, config, objective),
                             lambda s: (s, jnp.float32(jnp.nan)), state)
 
-    return jax.lax.scan(body, state, jnp.arange(n_steps), unroll=unroll)
+    return jax.lax.scan(body, state, jnp.arange(n_steps))
 
 
 # ----------------------------------------------------------------------------- compiled programs
