@@ -129,18 +129,19 @@ def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
     of `configs`, with the wall time of the steps (compile and measurement excluded, compile
     time recorded apart). With `target`, a run stops once the kernels' mean objective reaches
     it and records `time_to_target_s` (compile + steps). Uses only stage 1's public pure
-    functions (init, run, measure), vmapped over kernels and jitted here."""
+    functions (init, step, measure), vmapped over kernels and compiled here with kvjax.jit,
+    one step per call as stage1.optimize runs them on CPU (stage1._plan)."""
     f = model.features(layer, input_size=input_size)
     ks = jnp.arange(k)
     rows = []
     for label, cfg in configs:
-        segment = jax.jit(lambda f, s, ks, cfg=cfg: jax.vmap(
-            lambda s, kk: stage1.run(s, f, kk, cfg, every))(s, ks))
-        measure = jax.jit(lambda f, s, ks, cfg=cfg: jax.vmap(
+        step = kvjax.jit(lambda f, s, ks, cfg=cfg: jax.vmap(
+            lambda s, kk: stage1.step(s, f, kk, cfg))(s, ks))
+        measure = kvjax.jit(lambda f, s, ks, cfg=cfg: jax.vmap(
             lambda p, kk: stage1.measure(p, f, kk, cfg))(s.params, ks))
         t0 = time.perf_counter()
         states = jax.jit(jax.vmap(lambda kk, cfg=cfg: stage1.init(key, kk, cfg)))(ks)
-        segment = segment.lower(f, states, ks).compile()
+        step = step.lower(f, states, ks).compile()
         measure = measure.lower(f, states, ks).compile()
         compile_s = time.perf_counter() - t0
         act = np.asarray(measure(f, states, ks))
@@ -152,7 +153,8 @@ def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
         elapsed = 0.0
         for n in range(every, max_steps + 1, every):
             t = time.perf_counter()
-            states, _ = segment(f, states, ks)
+            for _ in range(every):
+                states, _ = step(f, states, ks)
             jax.block_until_ready(states)
             elapsed += time.perf_counter() - t
             act = np.asarray(measure(f, states, ks))

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kvjax import compiler
 from kvjax import devices as devices_lib
 from kvjax import objectives as objectives_lib
 from kvjax import param as param_lib
@@ -298,7 +299,7 @@ def _program_config(config: Stage1Config) -> Stage1Config:
 # Each program vmaps over the chunk's kernels; with a mesh (several devices) the kernel axis
 # is split over it by shard_map: every device runs the same vmapped code on its block.
 
-@functools.partial(jax.jit, static_argnames=("static", "config", "mesh"))
+@compiler.jit(static_argnames=("static", "config", "mesh"))
 def _start(arrays, static, key, kernels, config, mesh=None):
     def local(arrays, key, kernels):
         features, objective = combine(arrays, static)
@@ -310,7 +311,7 @@ def _start(arrays, static, key, kernels, config, mesh=None):
     return devices_lib.over_kernels(local, mesh, specs)(arrays, key, kernels)
 
 
-@functools.partial(jax.jit, static_argnames=("static", "config", "n_steps", "mesh"))
+@compiler.jit(static_argnames=("static", "config", "n_steps", "mesh"))
 def _segment(arrays, static, states, kernels, n_active, config, n_steps, mesh=None):
     def local(arrays, states, kernels, n_active):
         features, objective = combine(arrays, static)
@@ -321,7 +322,7 @@ def _segment(arrays, static, states, kernels, n_active, config, n_steps, mesh=No
     return devices_lib.over_kernels(local, mesh, specs)(arrays, states, kernels, n_active)
 
 
-@functools.partial(jax.jit, static_argnames=("static", "config", "mesh"))
+@compiler.jit(static_argnames=("static", "config", "mesh"))
 def _finish(arrays, static, states, kernels, config, mesh=None):
     def local(arrays, states, kernels):
         features, objective = combine(arrays, static)

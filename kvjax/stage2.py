@@ -65,7 +65,6 @@ over the process's devices (kvjax.devices); results come back to host memory in 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
@@ -74,6 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kvjax import compiler
 from kvjax import devices as devices_lib
 from kvjax import motion, presets
 from kvjax.errors import KvjaxError
@@ -381,7 +381,7 @@ def _program_config(config: Stage2Config) -> Stage2Config:
     return dataclasses.replace(config, chunk_size=None)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "mesh"))
+@compiler.jit(static_argnames=("config", "mesh"))
 def _decompose_chunk(videos, key, kernels, config: Stage2Config, mesh=None) -> Decomposition:
     """One chunk: videos f32[k, T, H, W, 3], kernels i32[k] (their key indices)."""
     def local(videos, key, kernels):

@@ -1,0 +1,89 @@
+"""`jit`: jax.jit with the XLA CPU compiler options kvjax's programs need to be fast on CPU.
+
+Why: recent jaxlib CPU builds hand each convolution to YNNPACK ("YNN fusion", library fusion
+type INDIVIDUAL_CONVOLUTION, on by default together with INDIVIDUAL_DOT and REDUCE). For the
+2D convolutions that kvjax.ops turns 3D convolutions into, that path was about 2x slower than
+XLA's own (Eigen) convolution whenever the convolution's output is used by more than a
+reduction, i.e. in every real network. Measured on the 2-core AMD EPYC dev box, jax 0.10.2,
+forward + input gradient at 1x32x224x224 (benchmarks/results/ops-cpu.md has the full tables):
+
+    I3D stem conv (s2d) + ReLU       0.98 s  -> 0.50 s
+    I3D up to Mixed_3b (whole step)  1.86 s  -> 1.12 s   (PyTorch 2.13: 1.74 s)
+
+Only the convolution fusion is turned off; YNNPACK's dots and reductions stay (no measurable
+difference either way). On GPU/TPU nothing changes.
+
+The options are per compiled program (jax.jit's `compiler_options`), not process-wide
+XLA_FLAGS, so importing kvjax changes nothing for the user's own programs. Users who jit a
+`model.features(...)` function themselves get the same speed with `kvjax.jit` (same signature
+as jax.jit) or `jax.jit(..., compiler_options=kvjax.compiler.options())`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+
+
+@functools.cache
+def _cpu_options() -> tuple[tuple[str, str], ...]:
+    """The CPU options this jaxlib accepts: probed once by compiling a trivial program (a
+    jaxlib without YNN fusions rejects the option name; it then gets none, and loses nothing,
+    since the slow path does not exist there)."""
+    opts = {YNN_FUSION_OPTION: YNN_FUSION_TYPES}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=opts, backend="cpu").lower(1.0).compile()
+    except Exception:  # noqa: BLE001 - unknown option or value: this jaxlib has no such path
+        return ()
+    return tuple(opts.items())
+
+
+def options(platform: str | None = None) -> dict[str, str] | None:
+    """Compiler options for programs on `platform` (default: jax.default_backend()): the CPU
+    options above on "cpu", None elsewhere."""
+    platform = platform or jax.default_backend()
+    return dict(_cpu_options()) or None if platform == "cpu" else None
+
+
+class _Jit:
+    """A jax.jit per platform, chosen at call time by jax.default_backend(). Called inside
+    another trace (jit, eval_shape, vmap...), where XLA takes options only from the outer
+    program, it is a plain nested jax.jit."""
+
+    def __init__(self, fun: Callable, jit_kwargs: dict[str, Any]):
+        self._fun, self._kwargs, self._jits = fun, jit_kwargs, {}
+        functools.update_wrapper(self, fun)
+
+    def _for_backend(self, args=()):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(args)):
+            platform = "nested"
+        else:
+            platform = jax.default_backend()
+        if platform not in self._jits:
+            self._jits[platform] = jax.jit(self._fun, compiler_options=options(platform),
+                                           **self._kwargs)
+        return self._jits[platform]
+
+    def __call__(self, *args, **kwargs):
+        return self._for_backend((args, kwargs))(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        return self._for_backend().lower(*args, **kwargs)
+
+    def eval_shape(self, *args, **kwargs):
+        return self._for_backend().eval_shape(*args, **kwargs)
+
+    def _cache_size(self) -> int:
+        return sum(j._cache_size() for j in self._jits.values())
+
+
+def jit(fun: Callable | None = None, **jit_kwargs):
+    """jax.jit(fun, **jit_kwargs) compiled with `options()` for the backend in use; usable as
+    a decorator with or without arguments (@jit, @jit(static_argnames=...))."""
+    if fun is None:
+        return functools.partial(jit, **jit_kwargs)
+    return _Jit(fun, jit_kwargs)
