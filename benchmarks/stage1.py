@@ -24,6 +24,7 @@ are shared) go to benchmarks/results/stage1_<mode>_<timestamp>.json. Options shr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -32,9 +33,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import kvjax
-from kvjax import ops, stage1
+from kvjax import ops, stage1, transforms
 from machine import describe
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -124,11 +126,14 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
 # ----------------------------------------------------------------------------- convergence
 
 def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
-           key=jax.random.key(0)) -> list[dict]:
+           key=jax.random.key(0), kernel_targets=None) -> list[dict]:
     """Objective (no transform) of kernels 0..k-1 every `every` steps for each (label, config)
     of `configs`, with the wall time of the steps (compile and measurement excluded, compile
     time recorded apart). With `target`, a run stops once the kernels' mean objective reaches
-    it and records `time_to_target_s` (compile + steps). Uses only stage 1's public pure
+    it and records `time_to_target_s` (compile + steps); with `kernel_targets` (one value per
+    kernel) it also records when each kernel first reaches its own value
+    (`kernel_time_to_target_s`, `kernel_steps_to_target`, None if never) and runs on until
+    every kernel has (`time_to_all_targets_s`) or `max_steps`. Uses only stage 1's public pure
     functions (init, step, measure), vmapped over kernels and compiled here with kvjax.jit,
     one step per call as stage1.optimize runs them on CPU (stage1._plan)."""
     f = model.features(layer, input_size=input_size)
@@ -163,22 +168,54 @@ def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
             row["activation"].append(float(act.mean()))
             row["per_kernel"].append(act.tolist())
             print(label, n, round(elapsed, 1), round(float(act.mean()), 3), flush=True)
-            if target is not None and act.mean() >= target:
+            if target is not None and act.mean() >= target and "time_to_target_s" not in row:
                 row["time_to_target_s"] = compile_s + elapsed
                 row["steps_to_target"] = n
+            if kernel_targets is not None:
+                hit = row.setdefault("kernel_steps_to_target", [None] * k)
+                hit_s = row.setdefault("kernel_time_to_target_s", [None] * k)
+                for i in np.flatnonzero((act >= np.asarray(kernel_targets))):
+                    if hit[i] is None:
+                        hit[i], hit_s[i] = n, compile_s + elapsed
+                if all(h is not None for h in hit):
+                    row["time_to_all_targets_s"] = compile_s + elapsed
+            done_mean = target is None or "time_to_target_s" in row
+            if done_mean and (kernel_targets is None or "time_to_all_targets_s" in row):
                 break
         row["loadavg"] = os.getloadavg()
         rows.append(row)
     return rows
 
 
-def _param_configs(spec: str, size) -> list[tuple[str, stage1.Stage1Config]]:
+def _preset_config(item: str, size, steps: int) -> stage1.Stage1Config:
+    """"fast:lr=0.2:spectral_decay=1.25:cosine=0.1" -> that preset at `size` with the given
+    fields overridden; cosine=A: Adam whose lr decays from `lr` to A*lr over `steps` (optax
+    cosine_decay_schedule); transform=none: no transform."""
+    name, *pairs = item.split(":")
+    fields, cosine = {}, None
+    for pair in pairs:
+        k, v = pair.split("=")
+        if k == "cosine":
+            cosine = float(v)
+        elif k == "transform":
+            fields[k] = None if v == "none" else getattr(transforms, v)()
+        else:
+            fields[k] = type(getattr(stage1.Stage1Config, k, 0.0))(v) if k != "param" else v
+    cfg = stage1.Stage1Config.preset(name, size=size, **fields)
+    if cosine is not None:
+        cfg = dataclasses.replace(cfg, optimizer=optax.adam(
+            optax.cosine_decay_schedule(cfg.lr, steps, alpha=cosine)))
+    return cfg
+
+
+def _param_configs(spec: str, size, steps: int = 0) -> list[tuple[str, stage1.Stage1Config]]:
     """"pixel:0.05,spectral:0.1:1.5" -> paper-preset configs with that param, lr, decay;
-    "fast" -> the fast preset at `size`."""
+    "fast" or "fast:lr=0.2:..." / "paper:..." -> that preset with overrides
+    (`_preset_config`)."""
     out = []
     for item in spec.split(","):
-        if item == "fast":
-            out.append(("fast", stage1.Stage1Config.preset("fast", size=size)))
+        if item.split(":")[0] in ("fast", "paper"):
+            out.append((item, _preset_config(item, size, steps)))
             continue
         name, lr, *decay = item.split(":")
         out.append((item, stage1.Stage1Config.preset(
@@ -269,8 +306,9 @@ def main(argv=None):
                             "steps": rows[0]["steps"][-1], "mean_activation": target,
                             "seconds_per_kernel": [r["seconds"][-1] for r in rows]}
         out["quality"] = curves(model, rows[0]["layer"], len(rows), q_input,
-                                _param_configs(args.params, args.size), args.every,
-                                args.max_steps, target=target)
+                                _param_configs(args.params, args.size, args.max_steps),
+                                args.every, args.max_steps, target=target,
+                                kernel_targets=[r["activation"][-1] for r in rows])
     out["machine"]["loadavg_end"] = os.getloadavg()
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
