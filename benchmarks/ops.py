@@ -308,7 +308,7 @@ def write(result):
                   f"{n['value_torch']:.6f} | {n['grad_max_rel_diff']:.1e}, "
                   f"{n['grad_rel_l2']:.1e} |", "",
                   "kvjax s: compiled with kvjax.jit (kvjax/compiler.py: XLA's YNNPACK "
-                  "convolution fusion off), as all of kvjax's programs are. Plain jax.jit, "
+                  "fusions off), as all of kvjax's programs are. Plain jax.jit, "
                   "XLA's default CPU options, is in the next column. Native XLA is left out "
                   "here: its stem alone takes minutes (table above)."]
     text = "\n".join(lines)

@@ -1,17 +1,19 @@
 """`jit`: jax.jit with the XLA CPU compiler options kvjax's programs need to be fast on CPU.
 
-Why: recent jaxlib CPU builds hand each convolution to YNNPACK ("YNN fusion", library fusion
-type INDIVIDUAL_CONVOLUTION, on by default together with INDIVIDUAL_DOT and REDUCE). For the
-2D convolutions that kvjax.ops turns 3D convolutions into, that path was about 2x slower than
-XLA's own (Eigen) convolution whenever the convolution's output is used by more than a
-reduction, i.e. in every real network. Measured on the 2-core AMD EPYC dev box, jax 0.10.2,
-forward + input gradient at 1x32x224x224 (benchmarks/results/ops-cpu.md has the full tables):
+Why: recent jaxlib CPU builds hand convolutions, dots and reductions to YNNPACK ("YNN
+fusions", on by default: library fusion types INDIVIDUAL_CONVOLUTION, INDIVIDUAL_DOT,
+REDUCE; a REDUCE fusion also swallows a convolution that feeds the reduction). For the 2D
+convolutions that kvjax.ops turns 3D convolutions into, YNNPACK's convolution was 1.6-2x
+slower than XLA's own (Eigen) one; its dots were no faster than XLA's. Measured on the 2-core
+AMD EPYC dev box, jax 0.10.2 (benchmarks/results/ops-cpu.md has the full tables):
 
-    I3D stem conv (s2d) + ReLU       0.98 s  -> 0.50 s
-    I3D up to Mixed_3b (whole step)  1.86 s  -> 1.12 s   (PyTorch 2.13: 1.74 s)
+    I3D stem conv (s2d) + ReLU, forward + input gradient, 1x32x224x224   0.98 s -> 0.50 s
+    I3D up to Mixed_3b, forward + input gradient, 32x224x224           1.88 s -> 1.18 s
+                                                                      (PyTorch 2.13: 1.79 s)
+    3x3 conv 192->192 on 16x56x56, forward then sum                    0.30 s -> 0.18 s
+    2048x2048 float32 matmul                                           0.09 s -> 0.08 s
 
-Only the convolution fusion is turned off; YNNPACK's dots and reductions stay (no measurable
-difference either way). On GPU/TPU nothing changes.
+So kvjax compiles its programs with every YNN fusion off. On GPU/TPU nothing changes.
 
 The options are per compiled program (jax.jit's `compiler_options`), not process-wide
 XLA_FLAGS, so importing kvjax changes nothing for the user's own programs. Users who jit a
@@ -26,14 +28,15 @@ from typing import Any, Callable
 import jax
 
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+YNN_FUSION_TYPES = ""
 
 
 @functools.cache
 def _cpu_options() -> tuple[tuple[str, str], ...]:
     """The CPU options this jaxlib accepts: probed once by compiling a trivial program (a
     jaxlib without YNN fusions rejects the option name; it then gets none, and loses nothing,
-    since the slow path does not exist there)."""
+    since the slow path does not exist there). An empty list of fusion types turns them all
+    off."""
     opts = {YNN_FUSION_OPTION: YNN_FUSION_TYPES}
     try:
         jax.jit(lambda x: x + 1, compiler_options=opts, backend="cpu").lower(1.0).compile()

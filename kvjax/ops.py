@@ -170,15 +170,15 @@ def _cpu_strategy(x_shape, w_shape, strides, pads) -> str:
     """The fastest CPU formulation of forward + input gradient for this shape.
 
     Measured on the 2-core AMD EPYC dev box, quiet machine, compiled with kvjax.jit (XLA's
-    YNNPACK convolution fusion off: kvjax/compiler.py; benchmarks/results/ops-cpu.md has the
+    YNNPACK fusions off: kvjax/compiler.py; benchmarks/results/ops-cpu.md has the
     per-shape table):
     - 1x1x1: one matmul ("dot"); as fast as native, and never touches XLA's 3D conv.
     - strided kernels (the I3D stem 7x7x7 s2, r3d's 3x3x3 s2 and stems): "s2d",
       space-to-depth to a stride-1 conv, whose backward is a plain stride-1 conv instead of
-      a dilated one (stem at 1x32x224x224: 0.53 s, against 0.88 s "taps2d", 1.04 s
-      "fold2d", PyTorch 0.90 s, native ~3.5 min extrapolated), despite (8/7)^3 more FLOPs.
+      a dilated one (stem at 1x32x224x224: 0.51 s, against 0.95 s "taps2d", 1.00 s
+      "fold2d", PyTorch 0.92 s, native ~3.5 min extrapolated), despite (8/7)^3 more FLOPs.
     - stride-1 kernels with kt > 1: "fold2d", the temporal taps stacked into channels so the
-      output is written once (Conv3d_2c 64->192 at 16x56x56: 0.45 s against 0.47 s taps2d);
+      output is written once (Conv3d_2c 64->192 at 16x56x56: 0.37 s against 0.41 s taps2d);
       on the small Mixed_4/5 shapes fold2d and taps2d are within noise of each other.
     Patches + one matmul ("im2col", kept for benchmarks) lost everywhere measured, 2-3.5x
     slower (stem at 1x8x56x56: 43 ms against 12 ms; 96->128 at 16x28x28: 343 ms against
