@@ -88,10 +88,10 @@ def weights_round_trip(model, tensors: Mapping[str, np.ndarray], table: tables.T
 
 def forward_finite(model, seed: int = SEED) -> dict:
     """One forward pass on a random video of the model's input size is finite at every layer."""
-    import jax
     import jax.numpy as jnp
     from flax import nnx
 
+    import kvjax
     from kvjax.models.base import Taps
 
     graphdef, state = nnx.split(model.net)
@@ -99,7 +99,7 @@ def forward_finite(model, seed: int = SEED) -> dict:
     video = np.random.default_rng(seed).uniform(0, 1, (1, *model.input_size, 3))
     x = jnp.asarray(lo + (hi - lo) * video, jnp.float32)
 
-    @jax.jit
+    @kvjax.jit
     def finite(state, x):  # per layer: all finite? (reduced here, so activations are freed)
         taps = Taps()
         nnx.merge(graphdef, state)(x, taps)
