@@ -137,7 +137,9 @@ def test_sharded_stage2_equals_single_device(sharded):
     for i in range(n):
         one, four = sharded[f"s2_one_{i}"], sharded[f"s2_four_{i}"]
         assert one.shape[0] == 7
-        np.testing.assert_array_equal(four, one)  # same per-device batch: bit for bit
+        # Same per-device batch, but XLA may order a reduction differently inside the
+        # sharded program (last-bit differences growing over the steps: at most 6.3e-7 seen).
+        np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-6)
 
 
 def test_visualize_on_four_devices_equals_one(sharded):
