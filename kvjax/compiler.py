@@ -77,9 +77,6 @@ class _Jit:
     def lower(self, *args, **kwargs):
         return self._for_backend().lower(*args, **kwargs)
 
-    def eval_shape(self, *args, **kwargs):
-        return self._for_backend().eval_shape(*args, **kwargs)
-
     def _cache_size(self) -> int:
         return sum(j._cache_size() for j in self._jits.values())
 

@@ -26,10 +26,9 @@ PRESETS = ("fast", "paper")
 # model's own input (32x224x224 for I3D). `fast` feeds the video at its own size: I3D is fully
 # convolutional up to Mixed_5c, and 8x fewer voxels is what makes a CPU run take minutes.
 _INPUT_SIZE = {"paper": None, "fast": "video"}
-_SHORT = {"steps1": [("stage1", "steps")], "lr1": [("stage1", "lr")],
-          "size": [("stage1", "size")], "param": [("stage1", "param")],
-          "chunk": [("stage1", "chunk_size")],
-          "steps2": [("stage2", "steps")], "lr2": [("stage2", "lr")]}
+_SHORT = {"steps1": ("stage1", "steps"), "lr1": ("stage1", "lr"), "size": ("stage1", "size"),
+          "param": ("stage1", "param"), "chunk": ("stage1", "chunk_size"),
+          "steps2": ("stage2", "steps"), "lr2": ("stage2", "lr")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +50,8 @@ class Config:
             if name == "input_size":
                 input_size = value
             elif name in _SHORT:
-                for stage, field in _SHORT[name]:
-                    over[stage][field] = value
+                stage, field = _SHORT[name]
+                over[stage][field] = value
             elif name.startswith(("stage1_", "stage2_")):
                 over[name[:6]][name[7:]] = value
             else:

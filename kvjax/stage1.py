@@ -12,9 +12,9 @@ and `optimize` vmaps them over kernels, in chunks of `config.chunk_size` kernels
 as fit in device memory, `auto_chunk_size`, from XLA's memory analysis), running the steps as
 `lax.scan` segments of `config.progress_every` steps (one compiled program reused for every
 segment and every chunk) with a progress callback between segments; on CPU, where XLA runs a
-step 2.2x slower inside a scan (`_plan`), one compiled step at a time, reporting as often. With several devices each
-chunk's kernel axis is split over them inside the same programs (kvjax.devices); chunks are
-then a multiple of the device count. Results come back to host memory chunk by chunk, in
+step about 3x slower inside a scan (`_plan`), one compiled step at a time, reporting as often.
+With several devices each chunk's kernel axis is split over them inside the same programs
+(kvjax.devices); chunks are then a multiple of the device count. Results come back to host memory chunk by chunk, in
 kernel order.
 
 Reproducibility: kernel k uses the key jax.random.fold_in(key, k), so its result depends only
@@ -366,7 +366,8 @@ def _plan(steps: int, every: int, platform: str) -> tuple[int, int, bool]:
     XLA's CPU backend ran the same step 2.2x slower inside a scan (I3D Conv3d_1a_7x7, paper
     preset, 2-core AMD EPYC: 2.34-2.38 s per step in a scan of length 1 or 2, rolled or
     a length-1 unrolled one, against 1.02-1.08 s for the bare step or an unrolled scan of
-    2-3 steps), and at ~1 s a step the per-step dispatch from Python costs nothing.
+    2-3 steps); with kvjax.compiler's options, 1.85 s per step in a scan of 3 against 0.55 s
+    bare. At ~0.5 s a step the per-step dispatch from Python costs nothing.
     Elsewhere: lax.scan segments of `every` steps (`_segments`)."""
     if platform == "cpu":
         return steps, 1, True
