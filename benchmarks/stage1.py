@@ -84,11 +84,21 @@ def forward_gflops(features, size) -> float:
     return float(sum(total)) / 1e9
 
 
-def xla_forward_gflops(features, size) -> float:
-    """XLA's FLOP count of the compiled formulation's forward pass (for comparison)."""
-    cost = jax.jit(features).lower(jax.ShapeDtypeStruct((*size, 3), jnp.float32)).cost_analysis()
+def xla_forward_gflops(features, size, one_channel_k: int | None = None) -> float:
+    """XLA's FLOP count of the compiled formulation's forward pass (for comparison). With
+    `one_channel_k`: per kernel, the forward stage 1 runs for K kernels vmapped with its
+    one-channel readout (`features(video, channel=k)`: the layer's last convolutions give
+    min(K, C) channels, not C)."""
+    video = jax.ShapeDtypeStruct((*size, 3), jnp.float32)
+    if one_channel_k is None:
+        lowered = jax.jit(features).lower(video)
+    else:
+        ks = jax.ShapeDtypeStruct((one_channel_k,), jnp.int32)
+        video = jax.ShapeDtypeStruct((one_channel_k, *video.shape), jnp.float32)
+        lowered = jax.jit(jax.vmap(lambda v, k: features(v, channel=k))).lower(video, ks)
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan"))) / 1e9
+    return float(cost.get("flops", float("nan"))) / 1e9 / (one_channel_k or 1)
 
 
 # ----------------------------------------------------------------------------- step time
@@ -115,6 +125,8 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
             floor = 2 * fwd * k / rate
             rows.append({"layer": layer, "K": k, "size": size, "model_input": input_size,
                          "forward_gflop_per_kernel": fwd,
+                         "xla_one_channel_forward_gflop_per_kernel":
+                             xla_forward_gflops(f, size, k),
                          "xla_forward_gflop_per_kernel": fwd_xla, "compile_and_first_step_s":
                          stamps[0] - t0, "step_s": per_step, "step_s_per_kernel": per_step / k,
                          "floor_s": floor, "step_over_floor": per_step / floor,

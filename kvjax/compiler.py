@@ -39,7 +39,8 @@ def _cpu_options() -> tuple[tuple[str, str], ...]:
     off."""
     opts = {YNN_FUSION_OPTION: YNN_FUSION_TYPES}
     try:
-        jax.jit(lambda x: x + 1, compiler_options=opts, backend="cpu").lower(1.0).compile()
+        one = jax.device_put(1.0, jax.local_devices(backend="cpu")[0])
+        jax.jit(lambda x: x + 1, compiler_options=opts).lower(one).compile()
     except Exception:  # noqa: BLE001 - unknown option or value: this jaxlib has no such path
         return ()
     return tuple(opts.items())

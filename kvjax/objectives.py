@@ -26,7 +26,13 @@ def _pytree(cls, data=(), meta=()):
 
 
 class Objective:
-    """Base class: callable (acts f32[t,h,w,C], kernel int) -> f32[], maximised."""
+    """Base class: callable (acts f32[t,h,w,C], kernel int) -> f32[], maximised.
+
+    `one_channel`: True when the objective reads nothing but acts[..., kernel]; it then gives
+    the same value on that channel alone (acts f32[t,h,w,1], kernel 0), which lets stage 1
+    compute only that channel of the layer.
+    """
+    one_channel = False
 
     def __call__(self, acts: jax.Array, kernel) -> jax.Array:
         raise NotImplementedError
@@ -66,6 +72,7 @@ def _channel_of(acts: jax.Array, kernel) -> jax.Array:
 
 class Channel(Objective):
     """Mean of the kernel's channel over every position (t, h, w) of the layer: the paper's."""
+    one_channel = True
 
     def __call__(self, acts, kernel):
         return jnp.mean(_channel_of(acts, kernel))
@@ -80,6 +87,7 @@ class Neuron(Objective):
     position: (t, h, w) indices, or None for the centre ((n - 1) // 2 on each axis).
     """
     position: tuple[int, int, int] | None = None
+    one_channel = True
 
     def __call__(self, acts, kernel):
         x = _channel_of(acts, kernel)
@@ -122,6 +130,10 @@ class Sum(Objective):
     """The sum of several objectives."""
     terms: tuple
 
+    @property
+    def one_channel(self):
+        return all(t.one_channel for t in self.terms)
+
     def __call__(self, acts, kernel):
         return sum((t(acts, kernel) for t in self.terms[1:]), self.terms[0](acts, kernel))
 
@@ -133,6 +145,10 @@ class Scaled(Objective):
     """coef * objective (coef a Python number: static; an array: a traced leaf)."""
     coef: float
     objective: Objective
+
+    @property
+    def one_channel(self):
+        return self.objective.one_channel
 
     def __call__(self, acts, kernel):
         return self.coef * self.objective(acts, kernel)

@@ -17,6 +17,12 @@ With several devices each chunk's kernel axis is split over them inside the same
 (kvjax.devices); chunks are then a multiple of the device count. Results come back to host memory chunk by chunk, in
 kernel order.
 
+One channel: when the objective reads only the kernel's channel (channel, neuron and sums of
+them: `Objective.one_channel`) and `features` can compute one channel alone
+(`reads_one_channel`: built-in models' features functions can), the step asks for that channel
+only (`activations`): same values, and the layer's last convolutions compute one output
+channel instead of C (kvjax.ops.conv3d_channel; under the vmap over kernels, min(K, C)).
+
 Reproducibility: kernel k uses the key jax.random.fold_in(key, k), so its result depends only
 on (key, k, config), not on chunking or on which other kernels run beside it.
 
@@ -68,6 +74,9 @@ class Stage1Config:
     None for optax.adam(lr). chunk_size: kernels per compiled program (memory bound; rounded
     down to a multiple of the device count), or None to fit the free device memory.
     progress_every: steps per lax.scan segment (progress is reported between segments).
+    one_channel: compute only the kernel's channel of the layer when the objective reads
+    nothing else (channel, neuron) and `features` can (`reads_one_channel`): the same values,
+    and the layer's last convolution costs 1/C of its FLOPs (False: always the whole layer).
     """
     steps: int = 1500
     lr: float = 0.05
@@ -80,6 +89,7 @@ class Stage1Config:
     optimizer: optax.GradientTransformation | None = None
     chunk_size: int | None = None
     progress_every: int = 50
+    one_channel: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
@@ -188,11 +198,30 @@ def render(state_or_params, config: Stage1Config) -> jax.Array:
     return video
 
 
+def reads_one_channel(features: Features) -> bool:
+    """Whether `features` also takes `features(video, channel=k)` -> f32[t,h,w,1], channel k
+    alone: declared by an attribute `channel_readout = True` on the function (or on a
+    jax.tree_util.Partial's func), as built-in models' features functions do."""
+    fn = features.func if isinstance(features, jax.tree_util.Partial) else features
+    return bool(getattr(fn, "channel_readout", False))
+
+
+def activations(features: Features, video: jax.Array, kernel, config: Stage1Config,
+                objective: objectives_lib.Objective) -> tuple[jax.Array, Any]:
+    """(acts, index) to evaluate objective(acts, index) on: the layer f32[t,h,w,C] and the
+    kernel, or, when the objective reads only the kernel's channel, `features` can compute
+    it alone and config.one_channel, that channel f32[t,h,w,1] and index 0."""
+    if config.one_channel and objective.one_channel and reads_one_channel(features):
+        return features(video, channel=kernel), 0
+    return features(video), kernel
+
+
 def measure(params, features: Features, kernel, config: Stage1Config,
             objective: objectives_lib.Objective | None = None) -> jax.Array:
     """The objective of the rendered video, without any transform: f32[]."""
     objective = objective or objectives_lib.channel()
-    return objectives_lib.evaluate(objective, features(render(params, config)), kernel)
+    acts, index = activations(features, render(params, config), kernel, config, objective)
+    return objectives_lib.evaluate(objective, acts, index)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -213,7 +242,8 @@ def step(state: Stage1State, features: Features, kernel, config: Stage1Config,
 
     def loss(params):
         video = transform(k_tf, render(params, config))
-        return -objectives_lib.evaluate(objective, features(video), kernel)  # maximise
+        acts, index = activations(features, video, kernel, config, objective)
+        return -objectives_lib.evaluate(objective, acts, index)  # maximise
 
     neg_value, grads = jax.value_and_grad(loss)(state.params)
     updates, opt_state = config.make_optimizer().update(grads, state.opt_state, state.params)

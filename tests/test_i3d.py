@@ -108,3 +108,38 @@ def test_unknown_layer_names_closest(i3d):
     with pytest.raises(KvjaxError, match="Mixed_3b") as e:
         i3d.features("Mixed3b")
     assert "closest" in str(e.value)
+
+
+@pytest.mark.parametrize("layer", ["Conv3d_1a_7x7", "Conv3d_1a_7x7/conv", "Mixed_3b",
+                                   "Mixed_3b/Branch_1/Conv3d_0b_3x3", "MaxPool3d_3a_3x3"])
+def test_one_channel_readout_equals_the_layers_channel(i3d, layer):
+    # features(video, channel=k): stage 1's readout of one channel, computed alone (the
+    # layer's last convolutions give one output channel; a pool layer is sliced after).
+    # Kernels vmapped as stage 1 does, one in every Inception branch (Mixed_3b: 64, 128,
+    # 32, 32 channels) and at the edges; values and the (redirected-ReLU) input gradient.
+    size = (8, 48, 48)
+    f = i3d.features(layer, input_size=size)
+    video = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (*size, 3)), jnp.float32)
+    full = jax.jit(f)(video)
+    c = full.shape[-1]
+    ks = jnp.asarray(sorted({0, 63, 64, 191, 192, 223, 224, c - 1} & set(range(c))))
+    one = jax.jit(jax.vmap(lambda k: f(video, channel=k)))(ks)
+    _close(one, jnp.moveaxis(full[..., ks], -1, 0)[..., None], layer)
+    # Mean of the channel, the paper's objective; plus its square, so no gradient is constant.
+    objective = lambda a: jnp.mean(a) + jnp.mean(a ** 2)  # noqa: E731
+    grad_one = jax.jit(jax.vmap(jax.grad(lambda v, k: objective(f(v, channel=k))),
+                                (None, 0)))(video, ks)
+    grad_full = jax.jit(jax.vmap(jax.grad(lambda v, k: objective(f(v)[..., k])),
+                                 (None, 0)))(video, ks)
+    _close(grad_one, grad_full, f"{layer} gradient")
+
+
+def test_one_channel_readout_skips_the_other_channels(i3d):
+    # The stem alone at one channel: XLA's FLOP count falls ~64x (8x8x8 padded kernel).
+    f = i3d.features("Conv3d_1a_7x7", input_size=(8, 64, 64))
+    video = jax.ShapeDtypeStruct((8, 64, 64, 3), jnp.float32)
+
+    def flops(fn):
+        cost = jax.jit(fn).lower(video).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+    assert flops(lambda v: f(v, channel=5)) < flops(f) / 20

@@ -52,3 +52,17 @@ def test_bad_inputs_say_what_is_expected():
         obj.direction(jnp.ones(5))(ACTS, 0)
     with pytest.raises(TypeError):
         obj.channel() * obj.channel()
+
+
+def test_one_channel_objectives_give_the_same_value_on_that_channel_alone():
+    # What lets stage 1 compute only the kernel's channel: an objective that says it reads
+    # nothing else must give the same number from acts[..., k:k+1] with index 0.
+    v = jnp.arange(6.0)
+    one = [obj.channel(), obj.neuron(), obj.neuron((2, 0, 3)), 2 * obj.channel() - obj.neuron(),
+           sum([obj.channel(), obj.neuron()]) / 3]
+    for f in one:
+        assert f.one_channel
+        for k in range(6):
+            np.testing.assert_allclose(f(ACTS[..., k:k + 1], 0), f(ACTS, k), rtol=1e-6)
+    for f in (obj.direction(v), obj.channel() + obj.direction(v), 3 * obj.direction(v)):
+        assert not f.one_channel

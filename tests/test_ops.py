@@ -236,3 +236,65 @@ def test_max_pool_vmap_grad():
     ref = jax.jit(jax.vmap(jax.grad(f(lambda v: _ref_pool(v, -jnp.inf, lax.max, (3, 3, 3),
                                                   (2, 2, 2), "SAME")))))(x)
     _close(ours, ref, rtol=1e-6)
+
+
+# ------------------------------------------------------------------- conv3d_channel
+
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[4]],
+                         ids=lambda c: c[0])
+def test_conv3d_channel_is_the_slice_of_conv3d(case):
+    # One kernel alone, and K kernels vmapped over (video, channel), fewer and more kernels
+    # than output channels (the batched rule's two forms); values and input gradients.
+    _, x_shape, kernel, cout, strides, padding = case
+    for n_videos in (1, 3, cout + 2):
+        x, w = _inputs((n_videos, *x_shape), kernel, cout)
+        ks = jnp.asarray(np.random.default_rng(n_videos).integers(0, cout, n_videos))
+
+        def loss(conv):
+            return lambda x, k: jnp.sum(jnp.tanh(conv(x, k)))  # a non-linear use of the output
+        ours = lambda x, k: ops.conv3d_channel(x, w, k, strides, padding)  # noqa: E731
+        ref = lambda x, k: _ref_conv(x, w, strides, padding)[..., k][..., None]  # noqa: E731
+        y = jax.jit(jax.vmap(ours))(x, ks)
+        _close(y, jnp.stack([ref(x[i], ks[i]) for i in range(n_videos)]))
+        g = jax.jit(jax.vmap(jax.grad(loss(ours))))(x, ks)
+        _close(g, jnp.stack([jax.grad(loss(ref))(x[i], ks[i]) for i in range(n_videos)]))
+    # Unbatched, and the weight gradient (stage 1 never uses it, but it must be right).
+    lw = lambda conv: lambda w: jnp.sum(jnp.tanh(conv(x[0], w)))  # noqa: E731
+    k = int(ks[0])
+    _close(jax.jit(jax.grad(lw(lambda x, w: ops.conv3d_channel(x, w, k, strides, padding))))(w),
+           jax.grad(lw(lambda x, w: _ref_conv(x, w, strides, padding)[..., k:k + 1]))(w))
+
+
+def test_conv3d_channel_other_batchings():
+    # Shared channel over a batch of videos; per-example weights; a channel batch alone.
+    x, w = _inputs((3, 1, 4, 6, 6, 3), (3, 3, 3), 5)
+    ref = lambda x, w, k: _ref_conv(x, w, (1, 1, 1), "SAME")[..., k:k + 1]  # noqa: E731
+    f = lambda x, w, k: ops.conv3d_channel(x, w, k)  # noqa: E731
+    _close(jax.vmap(f, (0, None, None))(x, w, 2), jax.vmap(ref, (0, None, None))(x, w, 2))
+    ws = jnp.stack([w, -w, 2 * w])
+    ks = jnp.asarray([4, 0, 2])
+    _close(jax.vmap(f)(x, ws, ks), jnp.stack([ref(x[i], ws[i], int(ks[i])) for i in range(3)]))
+    _close(jax.vmap(f, (None, None, 0))(x[0], w, ks),
+           jnp.stack([ref(x[0], w, int(k)) for k in ks]))
+
+
+def test_conv3d_channel_vmapped_computes_k_channels_not_all():
+    # The point of conv3d_channel: K videos x K selected kernels, not K x Cout (nor a
+    # grouped convolution). XLA's FLOP count of the compiled forward + input gradient.
+    x, w = _inputs((2, 1, 4, 10, 10, 8), (3, 3, 3), 32)
+    ks = jnp.asarray([3, 17])
+
+    def compiled(objective):
+        """(XLA's FLOP count, number of grouped convolutions) of vmap(grad(objective))."""
+        program = jax.jit(jax.vmap(jax.grad(objective))).lower(x, ks).compile()
+        cost = program.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return cost["flops"], program.as_text().count("feature_group_count")
+    sliced, grouped = compiled(lambda x, k: jnp.sum(ops.conv3d_channel(x, w, k) ** 2))
+    full, _ = compiled(lambda x, k: jnp.sum(ops.conv3d(x, w)[..., k] ** 2))
+    assert sliced < 0.2 * full, (sliced, full)  # 2 of 32 channels: ~1/16
+    assert grouped == 0
+    # Positive control: slicing the weights by hand gives the grouped convolutions.
+    _, naive = compiled(lambda x, k: jnp.sum(ops.conv3d(x, lax.dynamic_slice_in_dim(w, k, 1, -1))
+                                             ** 2))
+    assert naive > 0

@@ -60,6 +60,9 @@ out["s1_chunks"] = sorted(set(chunks))
 for name in one._fields:
     out[f"s1_one_{name}"], out[f"s1_four_{name}"] = getattr(one, name), getattr(four, name)
 out["s1_type"] = type(four.videos).__name__
+# The one-channel readout (kvjax.ops.conv3d_channel's batching rule) inside shard_map.
+readout = stage1.optimize(tiny_features(readout=True), kernels, config1(chunk_size=6), key)
+out["s1_readout_videos"], out["s1_readout_trace"] = readout.videos, readout.trace
 
 # Stage 2: the same per-device batch (2) on one device and on four.
 videos = small_videos(7)
@@ -111,6 +114,9 @@ def test_sharded_stage1_equals_single_device_in_kernel_order(sharded):
         assert a.shape == b.shape and a.shape[0] == 7, name
         np.testing.assert_allclose(b, a, atol=1e-6, rtol=0, err_msg=name)
     np.testing.assert_array_equal(sharded["s1_one_finite"], sharded["s1_four_finite"])
+    for name in ("videos", "trace"):
+        np.testing.assert_allclose(sharded[f"s1_readout_{name}"], sharded[f"s1_one_{name}"],
+                                   atol=1e-5, rtol=1e-5, err_msg=f"one-channel readout {name}")
     # Kernel order: the repeated kernels 0 (positions 1, 4) and 1 (3, 5) came back in place.
     v = sharded["s1_four_videos"]
     np.testing.assert_allclose(v[1], v[4], atol=1e-6)

@@ -9,6 +9,7 @@ import pytest
 
 from kvjax import objectives, stage1, transforms
 
+import tiny_model
 from tiny_model import C, SIZE, config, tiny_features
 from tiny_model import conv_relu as _conv_relu
 
@@ -128,6 +129,31 @@ def test_a_plain_function_and_other_objectives_work():
     r = stage1.optimize(lambda v: _conv_relu(w, v), [0], config(steps=5), jax.random.key(0),
                         objective=objectives.neuron() + 0.1 * objectives.channel())
     assert r.trace.shape == (1, 5) and bool(r.finite[0])
+
+
+def test_one_channel_readout_gives_the_same_runs(reference):
+    # Features that can compute one channel alone (built-in models can): stage 1 uses that
+    # for objectives that read only the kernel's channel, with the same results as the
+    # whole layer; one_channel=False and other objectives take the whole layer.
+    readout = tiny_features(readout=True)
+    tiny_model.READOUTS.clear()
+    r = stage1.optimize(readout, [0, 1, 2, 3], config(), jax.random.key(7))
+    assert tiny_model.READOUTS
+    for a, b in zip(r, reference):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+    def run(objective, **kw):
+        tiny_model.READOUTS.clear()
+        out = stage1.optimize(readout, [1, 3], config(steps=5, **kw), jax.random.key(0),
+                              objective=objective)
+        return out, bool(tiny_model.READOUTS)
+    mixed = objectives.neuron() + 0.1 * objectives.channel()
+    (one, used), (whole, not_used) = run(mixed), run(mixed, one_channel=False)
+    assert used and not not_used
+    for a, b in zip(one, whole):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    _, used = run(objectives.direction(jnp.ones(C)))
+    assert not used
 
 
 def test_user_errors_say_what_is_valid(features):

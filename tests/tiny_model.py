@@ -14,9 +14,24 @@ def conv_relu(w, video):
     return jax.nn.relu(ops.conv3d((2 * video - 1)[None], w, (1, 1, 1), "VALID")[0])
 
 
-def tiny_features(seed=0):
+def conv_relu_readout(w, video, channel=None):
+    """conv_relu, and with `channel` that channel alone, f32[T-1,H-2,W-2,1], computed alone
+    (kvjax.stage1's one-channel readout); records each trace with a channel in READOUTS."""
+    if channel is None:
+        return conv_relu(w, video)
+    READOUTS.append(channel)
+    y = ops.conv3d_channel((2 * video - 1)[None], w, channel, (1, 1, 1), "VALID")
+    return jax.nn.relu(y[0])
+
+
+conv_relu_readout.channel_readout = True
+READOUTS = []
+
+
+def tiny_features(seed=0, readout=False):
+    """The tiny model's features (with `readout`, taking `channel=` too)."""
     w = 0.3 * jax.random.normal(jax.random.key(seed), (2, 3, 3, 3, C))
-    return jax.tree_util.Partial(conv_relu, w)
+    return jax.tree_util.Partial(conv_relu_readout if readout else conv_relu, w)
 
 
 def config(**kw):

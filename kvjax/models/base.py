@@ -42,12 +42,26 @@ class Taps:
     """Collects named activations; raises to stop the forward pass at `until`.
 
     Models call `taps(name, x)` for every layer they expose and return `x` unchanged.
+    With `channel` (an int, may be traced), only that channel of `until` is wanted: a model
+    may then compute that layer as the one channel alone (see `channel_of`); if it does not,
+    `run_until` slices it from the whole layer.
     """
 
-    def __init__(self, until: str | None = None):
+    def __init__(self, until: str | None = None, channel=None):
         self.until = until
+        self.channel = channel
+        self.sliced = False  # whether the model computed `until` as the one channel
         self.reads: dict[str, str] = {}
         self.values: dict[str, jax.Array] = {}
+
+    def channel_of(self, *names: str):
+        """The channel wanted, if the layer being stopped at is one of `names` (the names one
+        module reports), else None. A model that gets a channel must report those names as
+        that channel alone, f32[..., 1]."""
+        if self.channel is None or self.until not in names:
+            return None
+        self.sliced = True
+        return self.channel
 
     def __call__(self, name: str, x: jax.Array, read: str = POST) -> jax.Array:
         self.reads[name] = read
@@ -58,12 +72,16 @@ class Taps:
         return x
 
 
-def run_until(net: nnx.Module, x: jax.Array, layer: str) -> jax.Array:
-    """net(x) evaluated only as far as `layer`; raises if the net never produced it."""
+def run_until(net: nnx.Module, x: jax.Array, layer: str, channel=None) -> jax.Array:
+    """net(x) evaluated only as far as `layer`: f32[N,t,h,w,C], or with `channel` only that
+    channel, f32[N,t,h,w,1]; raises if the net never produced the layer."""
+    taps = Taps(layer, channel)
     try:
-        net(x, Taps(layer))
+        net(x, taps)
     except _Reached as r:
-        return r.value
+        if channel is None or taps.sliced:
+            return r.value
+        return jax.lax.dynamic_slice_in_dim(r.value, jnp.asarray(channel, jnp.int32), 1, -1)
     raise KeyError(layer)
 
 
@@ -75,8 +93,9 @@ class _FeaturesFn:
     input_size: tuple[int, int, int]
     value_range: tuple[float, float]
     relu_grad: str = "redirect"
+    channel_readout = True  # takes `channel=` (kvjax.stage1's one-channel readout)
 
-    def __call__(self, state, video: jax.Array) -> jax.Array:
+    def __call__(self, state, video: jax.Array, channel=None) -> jax.Array:
         if video.ndim != 4 or video.shape[-1] != 3:
             raise ValueError(f"features expects one video f32[T,H,W,3]; got {video.shape}")
         x = resize_video(video, self.input_size)
@@ -84,7 +103,7 @@ class _FeaturesFn:
         x = x * (hi - lo) + lo
         net = nnx.merge(self.graphdef, state)
         with relu_gradient(self.relu_grad):
-            return run_until(net, x[None], self.layer)[0]
+            return run_until(net, x[None], self.layer, channel)[0]
 
 
 def resize_video(video: jax.Array, size: tuple[int, int, int]) -> jax.Array:
@@ -163,7 +182,10 @@ class VideoModel:
 
     def features(self, layer: str, input_size: tuple[int, int, int] | None = None,
                  relu_grad: str = "redirect") -> Callable[[jax.Array], jax.Array]:
-        """Pure f32[T,H,W,3] in [0,1] -> f32[t,h,w,C] activations of `layer`.
+        """Pure f32[T,H,W,3] in [0,1] -> f32[t,h,w,C] activations of `layer`; called as
+        `features(video, channel=k)` (k an int, may be traced), only channel k, f32[t,h,w,1],
+        computed alone where the model can (I3D: the last convolution of the layer computes
+        one output channel; kvjax.stage1 uses this for objectives that read one channel).
 
         The video is resized (trilinear) to `input_size` (default: the model's) and mapped to
         the model's value range. Values are exact. Gradients: `relu_grad="redirect"` (the

@@ -84,9 +84,13 @@ class Unit3D(nnx.Module):
         self.conv = Conv3d(cin, cout, kernel, stride, "SAME", rngs=rngs)
         self.bn = BatchNorm(cout, eps=1e-3, scale=bn_scale)
 
-    def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
-        x = taps(f"{name}/conv", self.conv(x), PRE)
-        return taps(name, relu(self.bn(x)), POST)
+    def __call__(self, x: jax.Array, taps: Taps, name: str, channel=None) -> jax.Array:
+        """f32[N,T,H,W,Cin] -> f32[N,T',H',W',Cout]; only output channel `channel` (given, or
+        asked for by `taps`), f32[..., 1], when there is one."""
+        if channel is None:
+            channel = taps.channel_of(name, f"{name}/conv")
+        x = taps(f"{name}/conv", self.conv(x, channel), PRE)
+        return taps(name, relu(self.bn(x, channel)), POST)
 
 
 def max_pool_same(x: jax.Array, window: Sequence[int], strides: Sequence[int],
@@ -113,15 +117,32 @@ class InceptionModule(nnx.Module):
                                                   (cin, c2a, 1), (c2a, c2b, 3), (cin, c3, 1))):
             setattr(self, _attr(tf_name), Unit3D(i, o, (k, k, k), bn_scale=bn_scale, rngs=rngs))
         self.zero_pad_pools = zero_pad_pools
+        self.widths = (c0, c1b, c2b, c3)  # output channels of the four branches
 
     def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
-        def unit(tf_name, inp):
-            return getattr(self, _attr(tf_name))(inp, taps, f"{name}/{tf_name}")
-        b0 = unit(_BRANCHES[0], x)
-        b1 = unit(_BRANCHES[2], unit(_BRANCHES[1], x))
-        b2 = unit(_BRANCHES[4], unit(_BRANCHES[3], x))
-        b3 = unit(_BRANCHES[5], max_pool_same(x, (3, 3, 3), (1, 1, 1), self.zero_pad_pools))
-        return taps(name, jnp.concatenate([b0, b1, b2, b3], axis=-1), POST)
+        """f32[N,T,H,W,Cin] -> f32[N,T,H,W,C0+C1+C2+C3], the branches concatenated in order;
+        when `taps` asks for one channel k of the output, f32[..., 1]: each branch's last
+        unit computes only its candidate channel (k less the channels before that branch,
+        clipped into range) and k's own branch is selected (under vmap over k every branch
+        runs, each with one output channel)."""
+        k = taps.channel_of(name)
+        ends = np.cumsum(self.widths)
+        starts = [0, *ends[:-1]]
+
+        def unit(i, inp, last=None):
+            channel = None if k is None or last is None else \
+                jnp.clip(k - starts[last], 0, ends[last] - starts[last] - 1)
+            return getattr(self, _attr(_BRANCHES[i]))(inp, taps, f"{name}/{_BRANCHES[i]}",
+                                                       channel)
+        b0 = unit(0, x, last=0)
+        b1 = unit(2, unit(1, x), last=1)
+        b2 = unit(4, unit(3, x), last=2)
+        b3 = unit(5, max_pool_same(x, (3, 3, 3), (1, 1, 1), self.zero_pad_pools), last=3)
+        if k is None:
+            return taps(name, jnp.concatenate([b0, b1, b2, b3], axis=-1), POST)
+        branch = jnp.searchsorted(jnp.asarray(ends), k, side="right")
+        out = jnp.select([branch == i for i in range(3)], [b0, b1, b2], b3)
+        return taps(name, out, POST)
 
 
 class InceptionI3d(nnx.Module):

@@ -27,9 +27,15 @@ class Conv3d(nnx.Module):
         self.stride = tuple(stride)
         self.padding = padding if isinstance(padding, str) else tuple(map(tuple, padding))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = ops.conv3d(x, self.kernel[...], self.stride, self.padding)
-        return y if self.bias is None else y + _last_axis(self.bias[...], y.ndim)
+    def __call__(self, x: jax.Array, channel=None) -> jax.Array:
+        """f32[N,T,H,W,Cin] -> f32[N,T',H',W',Cout]; with `channel` (an int, may be traced)
+        only that output channel, f32[N,T',H',W',1] (kvjax.ops.conv3d_channel)."""
+        if channel is None:
+            y = ops.conv3d(x, self.kernel[...], self.stride, self.padding)
+        else:
+            y = ops.conv3d_channel(x, self.kernel[...], channel, self.stride, self.padding)
+        return y if self.bias is None else y + _last_axis(_channels(self.bias[...], channel),
+                                                           y.ndim)
 
 
 class BatchNorm(nnx.Module):
@@ -45,12 +51,19 @@ class BatchNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
         self.eps = eps
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, channel=None) -> jax.Array:
+        """x f32[..., C]; with `channel`, x is that one channel, f32[..., 1]."""
         inv = jax.lax.rsqrt(self.var[...] + self.eps)
         if self.scale is not None:
             inv = inv * self.scale[...]
         shift = self.bias[...] - self.mean[...] * inv
+        inv, shift = _channels(inv, channel), _channels(shift, channel)
         return x * _last_axis(inv, x.ndim) + _last_axis(shift, x.ndim)
+
+
+def _channels(v: jax.Array, channel) -> jax.Array:
+    """v f32[C], or its entry `channel` as f32[1] (channel an int, may be traced)."""
+    return v if channel is None else jax.lax.dynamic_slice_in_dim(v, channel, 1)
 
 
 def _last_axis(v: jax.Array, ndim: int) -> jax.Array:
