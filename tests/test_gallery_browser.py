@@ -2,7 +2,6 @@
 
 Needs Debian's `chromium` package (apt-get install chromium).
 """
-import os
 import re
 import shutil
 import subprocess

@@ -59,7 +59,8 @@ class C3D(nnx.Module):
     def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
         taps = taps if taps is not None else Taps()
         for name, _, _ in CONVS:
-            x = taps(f"{name}/conv", getattr(self, name)(x), PRE)
+            k = taps.channel_of(name, f"{name}/conv")  # one channel alone, when asked
+            x = taps(f"{name}/conv", getattr(self, name)(x, k), PRE)
             x = taps(name, relu(x), POST)
             if name in _POOLS:
                 pool, window, strides, pads = _POOLS[name]

@@ -97,8 +97,9 @@ class SlowFastI3dR50(nnx.Module):
 
     def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
         taps = taps if taps is not None else Taps()
-        x = taps("s1/conv", self.s1_conv(x), PRE)
-        x = taps("s1/relu", relu(self.s1_bn(x)), POST)
+        k = taps.channel_of("s1/relu", "s1/conv")  # one channel alone, when asked
+        x = taps("s1/conv", self.s1_conv(x, k), PRE)
+        x = taps("s1/relu", relu(self.s1_bn(x, k)), POST)
         x = taps("s1", ops.max_pool3d(x, (1, 3, 3), (1, 2, 2), _pads(0, 1, 1)), POST)
         for stage, (blocks, *_rest) in STAGES.items():
             for i in range(blocks):

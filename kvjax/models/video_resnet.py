@@ -145,10 +145,12 @@ class VideoResNet(nnx.Module):
         std = jnp.asarray(STD, x.dtype).reshape(1, 1, 1, 1, 3)
         x = (x - mean) / std
         if self.arch == "r2plus1d_18":
-            x = taps("stem/spatial", self.stem_spatial(x), PRE)
-            x = taps("stem/mid", relu(self.stem_bn1(x)), POST)
-        x = taps("stem/conv", self.stem(x), PRE)
-        x = taps("stem", relu(self.stem_bn(x)), POST)
+            k = taps.channel_of("stem/mid", "stem/spatial")  # one channel alone, when asked
+            x = taps("stem/spatial", self.stem_spatial(x, k), PRE)
+            x = taps("stem/mid", relu(self.stem_bn1(x, k)), POST)
+        k = taps.channel_of("stem", "stem/conv")
+        x = taps("stem/conv", self.stem(x, k), PRE)
+        x = taps("stem", relu(self.stem_bn(x, k)), POST)
         for i in range(1, len(STAGES) + 1):
             for j in range(BLOCKS):
                 x = getattr(self, f"layer{i}_{j}")(x, taps, f"layer{i}/{j}")

@@ -129,7 +129,8 @@ class VQVAEEncoder(nnx.Module):
     def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
         taps = taps if taps is not None else Taps()
         for i in range(self.n_convs):
-            x = taps(f"convs/{i}/conv", getattr(self, f"convs_{i}")(x), PRE)
+            k = taps.channel_of(f"convs/{i}", f"convs/{i}/conv")  # one channel alone, when asked
+            x = taps(f"convs/{i}/conv", getattr(self, f"convs_{i}")(x, k), PRE)
             x = taps(f"convs/{i}", relu(x), POST)
         x = taps("conv_last", self.conv_last(x), PRE)
         for i in range(self.n_res_layers):

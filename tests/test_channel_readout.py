@@ -1,0 +1,53 @@
+"""`features(video, channel=k)` on every built-in architecture (random weights): the layer's
+channel k, computed alone where the model can (its first convolutions), sliced from the
+whole layer elsewhere; values and stage 1's vmapped input gradients equal the whole layer's.
+(I3D's layers, Inception blocks included, are checked on the pretrained weights in
+test_i3d.py.)"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kvjax.models import c3d, pytorch_i3d, slowfast_i3d, video_resnet, videogpt
+from kvjax.models.base import VideoModel
+
+SIZE = (8, 24, 24)  # what the features functions feed the networks (up to the layer)
+# (name, net builder, the model's own input size, layers): the layers each model computes as
+# one channel, and one it slices from the whole layer.
+CASES = [
+    ("c3d", lambda: c3d.make_net(), c3d.INPUT_SIZE, ["conv1", "conv2/conv", "pool1"]),
+    ("r3d_18", lambda: video_resnet.make_net("r3d_18"), video_resnet.INPUT_SIZE,
+     ["stem", "layer1/0"]),
+    ("r2plus1d_18", lambda: video_resnet.make_net("r2plus1d_18"), video_resnet.INPUT_SIZE,
+     ["stem/mid", "stem/conv"]),
+    ("slowfast-i3d-r50", lambda: slowfast_i3d.make_net(), slowfast_i3d.INPUT_SIZE,
+     ["s1/relu", "s1"]),
+    ("videogpt-vqvae", lambda: videogpt.make_net(n_hiddens=32, n_res_layers=1), None,
+     ["convs/0/conv", "conv_last"]),
+    ("pytorch-i3d", lambda: pytorch_i3d.make_net(), pytorch_i3d.INPUT_SIZE,
+     ["Conv3d_1a_7x7"]),
+]
+
+
+@pytest.mark.parametrize("name, make, input_size, layers", CASES, ids=[c[0] for c in CASES])
+def test_one_channel_equals_the_layers_channel(name, make, input_size, layers):
+    net = make()
+    model = VideoModel(name, net, input_size or net.input_size, (-1.0, 1.0))
+    video = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (*SIZE, 3)), jnp.float32)
+    for layer in layers:
+        f = model.features(layer, input_size=SIZE)
+        full = jax.jit(f)(video)
+        c = full.shape[-1]
+        ks = jnp.asarray([0, c // 2, c - 1])
+        one = jax.jit(jax.vmap(lambda k: f(video, channel=k)))(ks)
+        want = jnp.moveaxis(full[..., ks], -1, 0)[..., None]
+        scale = float(jnp.abs(want).max()) + 1e-6
+        np.testing.assert_allclose(one, want, rtol=0, atol=1e-4 * scale, err_msg=layer)
+        objective = lambda a: jnp.mean(a) + jnp.mean(a ** 2)  # noqa: E731
+        g_one = jax.jit(jax.vmap(jax.grad(lambda v, k: objective(f(v, channel=k))),
+                                 (None, 0)))(video, ks)
+        g_full = jax.jit(jax.vmap(jax.grad(lambda v, k: objective(f(v)[..., k])),
+                                  (None, 0)))(video, ks)
+        scale = float(jnp.abs(g_full).max()) + 1e-12
+        np.testing.assert_allclose(g_one, g_full, rtol=0, atol=1e-4 * scale,
+                                   err_msg=f"{layer} gradient")
