@@ -1,0 +1,135 @@
+"""Experiment: coarse-to-fine stage 1 by tiling, against the time-to-quality task.
+
+    PYTHONPATH=.:benchmarks python benchmarks/stage1_coarse.py \
+        --reference benchmarks/results/reference_quality_20261126T012005Z.json \
+        --coarse-steps 400 --max-steps 300
+
+The task (benchmarks/stage1.py `quality`): I3D Mixed_3b, kernels 0-3, model input
+16x112x112, reach the reference algorithm's final mean objective (no transform). Here the
+`fast` preset (spectral, lr 0.2, kvjax's transform) first runs `--coarse-steps` steps on
+16x56x56 videos that the network sees at 16x56x56 (4x fewer voxels, so ~4x cheaper steps;
+a channel objective is a mean over positions, so a pattern of the right pixel scale found on
+a small canvas holds on a large one), then each video is tiled 2x2 (exactly, in the spectral
+parameters: frequency (f_t, u, v) of the small video becomes (f_t, 2u, 2v) of the large
+one) and the run goes on at 16x112x112 with a fresh Adam state, measuring every `--every`
+steps. Times include compilation. Not a kvjax feature (yet): the results are in
+benchmarks/results/stage1.md, "Coarse to fine".
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import kvjax
+from kvjax import param as param_lib
+from kvjax import stage1
+from machine import describe
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def tile_spectral(params, small, big, decay):
+    """Spectral params of a (T, H, W) video -> those of the video tiled to (T, 2H, 2W)."""
+    t, h, w = small
+    spectrum = jax.lax.complex(params[0], params[1]) * param_lib.spectrum_scale(small, decay)[
+        ..., None]
+    tiled = jnp.zeros((t, 2 * h, w + 1, 3), jnp.complex64).at[:, 0::2, 0::2].set(4 * spectrum)
+    tiled = tiled / param_lib.spectrum_scale(big, decay)[..., None]
+    return jnp.stack([tiled.real, tiled.imag])
+
+
+def programs(features, config):
+    step = kvjax.jit(lambda f, s, ks: jax.vmap(lambda s, k: stage1.step(s, f, k, config))(s, ks))
+    measure = kvjax.jit(lambda f, p, ks: jax.vmap(
+        lambda p, k: stage1.measure(p, f, k, config))(p, ks))
+    return step, measure
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reference", required=True, help="a reference_torch.py quality JSON")
+    p.add_argument("--coarse-steps", type=int, default=400)
+    p.add_argument("--max-steps", type=int, default=300, help="fine steps at most")
+    p.add_argument("--every", type=int, default=25)
+    p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--fine-cosine", type=float, default=None,
+                   help="fine phase: Adam lr decaying from --lr to this fraction of it over "
+                        "--max-steps (optax cosine_decay_schedule); default constant")
+    args = p.parse_args(argv)
+    with open(args.reference) as f:
+        rows = json.load(f)["rows"]
+    target = float(np.mean([r["activation"][-1] for r in rows]))
+    big = tuple(rows[0]["model_input"])
+    small = (big[0], big[1] // 2, big[2] // 2)
+    info = describe()
+    model = kvjax.load_model("i3d")
+    layer, ks = rows[0]["layer"], jnp.asarray([r["kernel"] for r in rows])
+    coarse = stage1.Stage1Config.preset("fast", lr=args.lr, size=small)
+    fine = stage1.Stage1Config.preset("fast", lr=args.lr, size=big)
+    if args.fine_cosine is not None:
+        fine = dataclasses.replace(fine, optimizer=optax.adam(optax.cosine_decay_schedule(
+            args.lr, args.max_steps, alpha=args.fine_cosine)))
+    f_small = model.features(layer, input_size=small)
+    f_big = model.features(layer, input_size=big)
+    key = jax.random.key(0)
+
+    t0 = time.perf_counter()
+    states = jax.jit(jax.vmap(lambda k: stage1.init(key, k, coarse)))(ks)
+    step, _ = programs(f_small, coarse)
+    step = step.lower(f_small, states, ks).compile()
+    for _ in range(args.coarse_steps):
+        states, _ = step(f_small, states, ks)
+    jax.block_until_ready(states)
+    coarse_s = time.perf_counter() - t0
+
+    params = jax.jit(jax.vmap(lambda q: tile_spectral(q, small, big, fine.spectral_decay)))(
+        states.params)
+    videos = jax.vmap(lambda q: stage1.render(q, coarse))(states.params)
+    tiled = jax.vmap(lambda q: stage1.render(q, fine))(params)
+    tile_error = float(jnp.abs(jnp.tile(videos, (1, 1, 2, 2, 1)) - tiled).max())
+    opt = fine.make_optimizer()
+    keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(key, 1), k))(ks)
+    states = stage1.Stage1State(params, jax.vmap(opt.init)(params), keys, states.finite)
+    step, measure = programs(f_big, fine)
+    step = step.lower(f_big, states, ks).compile()
+    measure = measure.lower(f_big, states.params, ks).compile()
+    act = np.asarray(measure(f_big, states.params, ks))
+    out = {"machine": info, "args": vars(args), "target": target, "layer": layer,
+           "kernels": ks.tolist(), "coarse_size": small, "fine_size": big,
+           "coarse_steps_s": coarse_s, "tile_max_error": tile_error,
+           "steps": [0], "seconds": [time.perf_counter() - t0], "activation": [float(act.mean())],
+           "per_kernel": [act.tolist()]}
+    print(f"coarse: {args.coarse_steps} steps {coarse_s:.1f} s; tiled, at {big}: "
+          f"{act.round(2)} mean {act.mean():.3f} (tiling error {tile_error:.1e})", flush=True)
+    for n in range(args.every, args.max_steps + 1, args.every):
+        for _ in range(args.every):
+            states, _ = step(f_big, states, ks)
+        act = np.asarray(measure(f_big, states.params, ks))
+        out["steps"].append(n)
+        out["seconds"].append(time.perf_counter() - t0)
+        out["activation"].append(float(act.mean()))
+        out["per_kernel"].append(act.tolist())
+        print(f"fine {n}: {out['seconds'][-1]:.1f} s {act.round(2)} mean {act.mean():.3f}",
+              flush=True)
+        if act.mean() >= target:
+            out["time_to_target_s"] = out["seconds"][-1]
+            break
+    out["machine"]["loadavg_end"] = os.getloadavg()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = os.path.join(RESULTS, f"stage1_coarse_{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
