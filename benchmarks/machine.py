@@ -26,3 +26,18 @@ def describe(**extra) -> dict:
         out.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     out.update(extra)
     return out
+
+
+def save_results(doc: dict, name: str, results_dir: str) -> str:
+    """Write `doc` as JSON to results_dir/<name>_<UTC time stamp>.json (atomically: a crash
+    leaves no half file), print and return the path."""
+    import datetime
+    import json
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, f"{name}_{stamp}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print("wrote", path, flush=True)
+    return path

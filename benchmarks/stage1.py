@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
 import time
@@ -37,7 +36,7 @@ import optax
 
 import kvjax
 from kvjax import ops, stage1, transforms
-from machine import describe
+from machine import describe, save_results
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -322,12 +321,7 @@ def main(argv=None):
                                 args.every, args.max_steps, target=target,
                                 kernel_targets=[r["activation"][-1] for r in rows])
     out["machine"]["loadavg_end"] = os.getloadavg()
-    os.makedirs(RESULTS, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = os.path.join(RESULTS, f"stage1_{args.mode}_{stamp}.json")
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    print("wrote", path)
+    save_results(out, f"stage1_{args.mode}", RESULTS)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
 import time
@@ -32,7 +31,7 @@ import optax
 import kvjax
 from kvjax import param as param_lib
 from kvjax import stage1
-from machine import describe
+from machine import describe, save_results
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -124,11 +123,7 @@ def main(argv=None):
             out["time_to_target_s"] = out["seconds"][-1]
             break
     out["machine"]["loadavg_end"] = os.getloadavg()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = os.path.join(RESULTS, f"stage1_coarse_{stamp}.json")
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    print("wrote", path)
+    save_results(out, "stage1_coarse", RESULTS)
 
 
 if __name__ == "__main__":
