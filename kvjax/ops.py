@@ -17,6 +17,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _DN3 = ("NDHWC", "DHWIO", "NDHWC")
@@ -234,14 +235,36 @@ def conv3d_channel(x: jax.Array, w: jax.Array, channel, strides: Sequence[int] =
     channels (with all Cout when K >= Cout), and keeps each video's own channel (the
     diagonal); the input gradient likewise (0.16 s per kernel at K=4, 0.20 s at K=16; all 64
     channels: 0.51 s). Values and gradients are those of conv3d's slice. Reverse-mode
-    differentiable once (a custom VJP); not forward-mode.
+    differentiable once (a custom VJP); not forward-mode. The diagonal form does min(K, Cout)
+    output channels of work, never more than the whole convolution; it was measured on CPU
+    only (on GPU a grouped convolution might do better for large K). `channel`: see
+    `channel_index`.
     """
     if x.ndim != 5 or w.ndim != 5 or x.shape[-1] != w.shape[-2]:
         raise ValueError(f"conv3d_channel expects x f32[N,T,H,W,Cin] and w f32[kt,kh,kw,Cin,Cout] "
                          f"with matching Cin; got x {x.shape}, w {w.shape}")
     strides = tuple(int(s) for s in strides)
     pads = resolve_padding(x.shape[1:4], w.shape[:3], strides, padding)
-    return _channel_conv(strides, pads)(x, w, jnp.asarray(channel, jnp.int32))
+    return _channel_conv(strides, pads)(x, w, channel_index(channel, w.shape[-1]))
+
+
+def channel_index(channel, n: int) -> jax.Array:
+    """`channel` as an int32 index into n channels, the way indexing reads it: negative counts
+    from the end. A concrete index must lie in [-n, n) (else ValueError); a traced one must
+    have an integer dtype and is wrapped, then clamped into [0, n), as jnp indexing clamps
+    traced indices (so every path that reads one channel agrees on every input)."""
+    if isinstance(channel, jax.core.Tracer):
+        if not jnp.issubdtype(channel.dtype, jnp.integer):
+            raise TypeError(f"a channel index must be an integer; got dtype {channel.dtype}")
+        c = channel.astype(jnp.int32)
+        return jnp.clip(jnp.where(c < 0, c + n, c), 0, n - 1)
+    value = np.asarray(channel)
+    if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+        raise TypeError(f"a channel index must be one integer; got {channel!r}")
+    if not -n <= int(value) < n:
+        raise ValueError(f"channel {int(value)} is out of range: there are {n} channels "
+                         f"(0-{n - 1}, or -{n} to -1 from the end)")
+    return jnp.asarray(int(value) % n, jnp.int32)
 
 
 def _pick(y: jax.Array, index: jax.Array) -> jax.Array:
@@ -266,11 +289,12 @@ def _channel_conv(strides, pads):
         return _pick(y.reshape(b, n, *y.shape[1:]), c)
 
     def rule(fn, fn_batched):
-        """A custom_vmap rule: the diagonal form when the channel is batched and the weights
-        are shared; plain vmap (already a dense convolution, or per-example weights) else."""
+        """A custom_vmap rule: the diagonal form when the channel and a data argument (x, or
+        the cotangent) are batched and the weights shared; plain vmap else (a channel batch
+        alone already makes one dense convolution; per-example weights need groups)."""
         def vmap_rule(size, batched, x, w, c, *rest):
             bx, bw, bc, *brest = batched
-            if bc and not bw:
+            if bc and not bw and (bx or any(brest)):
                 x = x if bx else jnp.broadcast_to(x, (size, *x.shape))
                 rest = [r if br else jnp.broadcast_to(r, (size, *r.shape))
                         for r, br in zip(rest, brest)]

@@ -76,7 +76,8 @@ class Stage1Config:
     progress_every: steps per lax.scan segment (progress is reported between segments).
     one_channel: compute only the kernel's channel of the layer when the objective reads
     nothing else (channel, neuron) and `features` can (`reads_one_channel`): the same values,
-    and the layer's last convolution costs 1/C of its FLOPs (False: always the whole layer).
+    and the layer's last convolutions cost min(K, C)/C of their FLOPs for K kernels vmapped
+    (False: always the whole layer).
     """
     steps: int = 1500
     lr: float = 0.05

@@ -7,34 +7,51 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from kvjax.models import c3d, pytorch_i3d, slowfast_i3d, video_resnet, videogpt
-from kvjax.models.base import VideoModel
+from kvjax.models.base import Taps, VideoModel
 
 SIZE = (8, 24, 24)  # what the features functions feed the networks (up to the layer)
 # (name, net builder, the model's own input size, layers): the layers each model computes as
-# one channel, and one it slices from the whole layer.
+# one channel, then one it slices from the whole layer.
 CASES = [
-    ("c3d", lambda: c3d.make_net(), c3d.INPUT_SIZE, ["conv1", "conv2/conv", "pool1"]),
+    ("c3d", lambda: c3d.make_net(), c3d.INPUT_SIZE, ["conv1", "conv2/conv"], ["pool1"]),
     ("r3d_18", lambda: video_resnet.make_net("r3d_18"), video_resnet.INPUT_SIZE,
-     ["stem", "layer1/0"]),
+     ["stem"], ["layer1/0"]),
     ("r2plus1d_18", lambda: video_resnet.make_net("r2plus1d_18"), video_resnet.INPUT_SIZE,
-     ["stem/mid", "stem/conv"]),
+     ["stem/mid", "stem/conv"], []),
     ("slowfast-i3d-r50", lambda: slowfast_i3d.make_net(), slowfast_i3d.INPUT_SIZE,
-     ["s1/relu", "s1"]),
+     ["s1/relu"], ["s1"]),
     ("videogpt-vqvae", lambda: videogpt.make_net(n_hiddens=32, n_res_layers=1), None,
-     ["convs/0/conv", "conv_last"]),
+     ["convs/0/conv"], ["conv_last"]),
     ("pytorch-i3d", lambda: pytorch_i3d.make_net(), pytorch_i3d.INPUT_SIZE,
-     ["Conv3d_1a_7x7"]),
+     ["Conv3d_1a_7x7"], []),
 ]
 
 
-@pytest.mark.parametrize("name, make, input_size, layers", CASES, ids=[c[0] for c in CASES])
-def test_one_channel_equals_the_layers_channel(name, make, input_size, layers):
+def _computes_one_channel(net, layer) -> bool:
+    """Whether the network computes `layer` as one channel alone when asked (the model's
+    path, not run_until's slice of the whole layer)."""
+    taps = Taps(layer, jnp.int32(1))
+    graphdef, state = nnx.split(net)
+    try:
+        jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, taps), state,
+                       jax.ShapeDtypeStruct((1, *SIZE, 3), jnp.float32))
+    except Exception:  # noqa: BLE001 - the stop at `layer` (base._Reached)
+        pass
+    return taps.sliced
+
+
+@pytest.mark.parametrize("name, make, input_size, alone, sliced", CASES,
+                         ids=[c[0] for c in CASES])
+def test_one_channel_equals_the_layers_channel(name, make, input_size, alone, sliced):
     net = make()
     model = VideoModel(name, net, input_size or net.input_size, (-1.0, 1.0))
     video = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (*SIZE, 3)), jnp.float32)
-    for layer in layers:
+    assert [_computes_one_channel(net, l) for l in alone + sliced] == \
+        [True] * len(alone) + [False] * len(sliced)
+    for layer in alone + sliced:
         f = model.features(layer, input_size=SIZE)
         full = jax.jit(f)(video)
         c = full.shape[-1]

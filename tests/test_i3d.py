@@ -143,3 +143,24 @@ def test_one_channel_readout_skips_the_other_channels(i3d):
         cost = jax.jit(fn).lower(video).compile().cost_analysis()
         return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
     assert flops(lambda v: f(v, channel=5)) < flops(f) / 20
+
+
+def test_one_channel_readout_redirects_dead_kernels_the_same(i3d):
+    # Stage 1 starts from a near-grey video, where some kernels are dead (ReLU negative
+    # everywhere) and the redirected ReLU gradient (kvjax.models.relu) takes over. With the
+    # stage's sign (loss = -objective) the one-channel path must give the same gradient.
+    size = (8, 48, 48)
+    grey = jnp.full((*size, 3), 0.5, jnp.float32)
+    for layer in ("Conv3d_1a_7x7", "Mixed_3b"):
+        f = i3d.features(layer, input_size=size)
+        full = jax.jit(f)(grey)
+        dead = np.flatnonzero(np.asarray(jnp.max(full, axis=(0, 1, 2))) <= 0)
+        live = np.flatnonzero(np.asarray(jnp.max(full, axis=(0, 1, 2))) > 0)
+        assert dead.size, f"{layer}: no dead kernel on grey; the test needs one"
+        ks = jnp.asarray([dead[0], dead[-1], live[0]])
+        loss_one = lambda v, k: -jnp.mean(f(v, channel=k))  # noqa: E731
+        loss_full = lambda v, k: -jnp.mean(f(v)[..., k])  # noqa: E731
+        g_one = jax.jit(jax.vmap(jax.grad(loss_one), (None, 0)))(grey, ks)
+        g_full = jax.jit(jax.vmap(jax.grad(loss_full), (None, 0)))(grey, ks)
+        assert float(jnp.abs(g_full[0]).max()) > 0  # the redirect gave a dead kernel a gradient
+        _close(g_one, g_full, f"{layer} redirected gradient")

@@ -298,3 +298,34 @@ def test_conv3d_channel_vmapped_computes_k_channels_not_all():
     _, naive = compiled(lambda x, k: jnp.sum(ops.conv3d(x, lax.dynamic_slice_in_dim(w, k, 1, -1))
                                              ** 2))
     assert naive > 0
+
+
+def test_conv3d_channel_index_reads_like_indexing():
+    # Negative from the end; a concrete index out of range is refused; a traced one is
+    # clamped, batched or not (the diagonal form must not turn it into NaN); floats refused.
+    x, w = _inputs((3, 1, 3, 5, 5, 2), (1, 3, 3), 4)
+    ref = lambda x, k: _ref_conv(x, w, (1, 1, 1), "SAME")[..., k:k + 1]  # noqa: E731
+    _close(ops.conv3d_channel(x[0], w, -1), ref(x[0], 3))
+    for bad in (4, -5):
+        with pytest.raises(ValueError, match=r"4 channels \(0-3"):
+            ops.conv3d_channel(x[0], w, bad)
+    with pytest.raises(TypeError, match="integer"):
+        ops.conv3d_channel(x[0], w, 1.0)
+    f = jax.jit(jax.vmap(lambda x, k: ops.conv3d_channel(x, w, k)))
+    _close(f(x, jnp.asarray([7, -1, -9])), jnp.stack([ref(x[0], 3), ref(x[1], 3), ref(x[2], 0)]))
+    _close(jax.jit(lambda x, k: ops.conv3d_channel(x, w, k))(x[0], 9), ref(x[0], 3))
+
+
+def test_conv3d_channel_nested_vmap_and_a_shared_video():
+    # vmap over videos and, inside, over channels; and one video for a batch of channels
+    # (value and input gradient).
+    x, w = _inputs((2, 1, 3, 5, 5, 2), (2, 3, 3), 5)
+    ref = lambda x, k: _ref_conv(x, w, (1, 1, 1), "SAME")[..., k:k + 1]  # noqa: E731
+    ks = jnp.asarray([[0, 4, 2], [1, 1, 3]])
+    inner = jax.vmap(lambda x, k: ops.conv3d_channel(x, w, k), (None, 0))
+    got = jax.jit(jax.vmap(inner))(x, ks)
+    _close(got, jnp.stack([jnp.stack([ref(x[i], int(k)) for k in ks[i]]) for i in range(2)]))
+    loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))  # noqa: E731
+    g = jax.jit(jax.vmap(jax.grad(loss(lambda x, k: ops.conv3d_channel(x, w, k))),
+                         (None, 0)))(x[0], ks[0])
+    _close(g, jnp.stack([jax.grad(loss(ref))(x[0], int(k)) for k in ks[0]]))

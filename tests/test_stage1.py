@@ -131,29 +131,32 @@ def test_a_plain_function_and_other_objectives_work():
     assert r.trace.shape == (1, 5) and bool(r.finite[0])
 
 
+def _uses_readout(features, objective, **kw) -> bool:
+    """Whether a stage-1 step asks `features` for one channel (traced afresh: no jit cache)."""
+    cfg = config(**kw)
+    tiny_model.READOUTS.clear()
+    state = stage1.init(jax.random.key(0), 1, cfg)
+    jax.make_jaxpr(lambda s: stage1.step(s, features, 1, cfg, objective))(state)
+    return bool(tiny_model.READOUTS)
+
+
 def test_one_channel_readout_gives_the_same_runs(reference):
     # Features that can compute one channel alone (built-in models can): stage 1 uses that
     # for objectives that read only the kernel's channel, with the same results as the
     # whole layer; one_channel=False and other objectives take the whole layer.
     readout = tiny_features(readout=True)
-    tiny_model.READOUTS.clear()
+    mixed = objectives.neuron() + 0.1 * objectives.channel()
+    assert _uses_readout(readout, objectives.channel()) and _uses_readout(readout, mixed)
+    assert not _uses_readout(readout, mixed, one_channel=False)
+    assert not _uses_readout(readout, objectives.direction(jnp.ones(C)))
+    assert not _uses_readout(tiny_features(), objectives.channel())  # cannot: whole layer
     r = stage1.optimize(readout, [0, 1, 2, 3], config(), jax.random.key(7))
-    assert tiny_model.READOUTS
     for a, b in zip(r, reference):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-
-    def run(objective, **kw):
-        tiny_model.READOUTS.clear()
-        out = stage1.optimize(readout, [1, 3], config(steps=5, **kw), jax.random.key(0),
-                              objective=objective)
-        return out, bool(tiny_model.READOUTS)
-    mixed = objectives.neuron() + 0.1 * objectives.channel()
-    (one, used), (whole, not_used) = run(mixed), run(mixed, one_channel=False)
-    assert used and not not_used
-    for a, b in zip(one, whole):
+    run = lambda **kw: stage1.optimize(readout, [1, 3], config(steps=5, **kw),  # noqa: E731
+                                       jax.random.key(0), objective=mixed)
+    for a, b in zip(run(), run(one_channel=False)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-    _, used = run(objectives.direction(jnp.ones(C)))
-    assert not used
 
 
 def test_user_errors_say_what_is_valid(features):

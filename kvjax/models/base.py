@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kvjax import ops
 from kvjax.errors import unknown_name
 from kvjax.models.relu import MODES, relu_gradient
 
@@ -93,11 +94,14 @@ class _FeaturesFn:
     input_size: tuple[int, int, int]
     value_range: tuple[float, float]
     relu_grad: str = "redirect"
+    channels: int = 0  # of `layer`
     channel_readout = True  # takes `channel=` (kvjax.stage1's one-channel readout)
 
     def __call__(self, state, video: jax.Array, channel=None) -> jax.Array:
         if video.ndim != 4 or video.shape[-1] != 3:
             raise ValueError(f"features expects one video f32[T,H,W,3]; got {video.shape}")
+        if channel is not None:
+            channel = ops.channel_index(channel, self.channels)
         x = resize_video(video, self.input_size)
         lo, hi = self.value_range
         x = x * (hi - lo) + lo
@@ -186,6 +190,8 @@ class VideoModel:
         `features(video, channel=k)` (k an int, may be traced), only channel k, f32[t,h,w,1],
         computed alone where the model can (I3D: the last convolution of the layer computes
         one output channel; kvjax.stage1 uses this for objectives that read one channel).
+        k as in indexing (negative from the end; kvjax.ops.channel_index). That call is
+        reverse-mode differentiable once (kvjax.ops.conv3d_channel), not forward-mode.
 
         The video is resized (trilinear) to `input_size` (default: the model's) and mapped to
         the model's value range. Values are exact. Gradients: `relu_grad="redirect"` (the
@@ -195,12 +201,12 @@ class VideoModel:
         weights, so jitted code that takes it as an argument gets the weights as arguments
         (closed-over weights would be constant-folded by XLA).
         """
-        self.check_layer(layer)
+        info = self.check_layer(layer)
         graphdef, state = nnx.split(self.net)
         if relu_grad not in MODES:
             raise ValueError(f"relu_grad must be one of {MODES}; got {relu_grad!r}")
         fn = _FeaturesFn(graphdef, layer, tuple(input_size or self.input_size), self.value_range,
-                         relu_grad)
+                         relu_grad, info.channels)
         return jax.tree_util.Partial(fn, state)
 
     def __repr__(self) -> str:

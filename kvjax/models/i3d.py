@@ -127,6 +127,8 @@ class InceptionModule(nnx.Module):
         runs, each with one output channel)."""
         k = taps.channel_of(name)
         ends = np.cumsum(self.widths)
+        if k is not None:
+            k = ops.channel_index(k, int(ends[-1]))
         starts = [0, *ends[:-1]]
 
         def unit(i, inp, last=None):
