@@ -60,6 +60,9 @@ def main(argv=None):
     p.add_argument("--max-steps", type=int, default=300, help="fine steps at most")
     p.add_argument("--every", type=int, default=25)
     p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--ema", type=float, default=None,
+                   help="also measure an exponential moving average of the fine phase's "
+                        "parameters with this decay (Polyak averaging)")
     p.add_argument("--fine-cosine", type=float, default=None,
                    help="fine phase: Adam lr decaying from --lr to this fraction of it over "
                         "--max-steps (optax cosine_decay_schedule); default constant")
@@ -102,6 +105,9 @@ def main(argv=None):
     step = step.lower(f_big, states, ks).compile()
     measure = measure.lower(f_big, states.params, ks).compile()
     act = np.asarray(measure(f_big, states.params, ks))
+    ema, ema_rows = states.params, []
+    average = jax.jit(lambda a, p: jax.tree_util.tree_map(
+        lambda a, p: args.ema * a + (1 - args.ema) * p, a, p))
     out = {"machine": info, "args": vars(args), "target": target, "layer": layer,
            "kernels": ks.tolist(), "coarse_size": small, "fine_size": big,
            "coarse_steps_s": coarse_s, "tile_max_error": tile_error,
@@ -112,7 +118,18 @@ def main(argv=None):
     for n in range(args.every, args.max_steps + 1, args.every):
         for _ in range(args.every):
             states, _ = step(f_big, states, ks)
+            if args.ema is not None:
+                ema = average(ema, states.params)
         act = np.asarray(measure(f_big, states.params, ks))
+        if args.ema is not None:
+            ema_act = np.asarray(measure(f_big, ema, ks))
+            ema_rows.append({"steps": n, "seconds": time.perf_counter() - t0,
+                             "activation": float(ema_act.mean()),
+                             "per_kernel": ema_act.tolist()})
+            print(f"  ema {n}: {ema_act.round(2)} mean {ema_act.mean():.3f}", flush=True)
+            out["ema"] = ema_rows
+            if ema_act.mean() >= target and "ema_time_to_target_s" not in out:
+                out["ema_time_to_target_s"] = ema_rows[-1]["seconds"]
         out["steps"].append(n)
         out["seconds"].append(time.perf_counter() - t0)
         out["activation"].append(float(act.mean()))
