@@ -136,6 +136,16 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
 
 # ----------------------------------------------------------------------------- convergence
 
+def vmapped_programs(config: stage1.Stage1Config):
+    """(step, measure) for kernels vmapped, compiled with kvjax.jit: step(features, states,
+    kernels) -> (states, values), one optimiser step as stage1.optimize runs them on CPU;
+    measure(features, params, kernels) -> f32[K], the objective without transform."""
+    step = kvjax.jit(lambda f, s, ks: jax.vmap(lambda s, k: stage1.step(s, f, k, config))(s, ks))
+    measure = kvjax.jit(lambda f, p, ks: jax.vmap(
+        lambda p, k: stage1.measure(p, f, k, config))(p, ks))
+    return step, measure
+
+
 def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
            key=jax.random.key(0), kernel_targets=None) -> list[dict]:
     """Objective (no transform) of kernels 0..k-1 every `every` steps for each (label, config)
@@ -151,16 +161,13 @@ def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
     ks = jnp.arange(k)
     rows = []
     for label, cfg in configs:
-        step = kvjax.jit(lambda f, s, ks, cfg=cfg: jax.vmap(
-            lambda s, kk: stage1.step(s, f, kk, cfg))(s, ks))
-        measure = kvjax.jit(lambda f, s, ks, cfg=cfg: jax.vmap(
-            lambda p, kk: stage1.measure(p, f, kk, cfg))(s.params, ks))
+        step, measure = vmapped_programs(cfg)
         t0 = time.perf_counter()
         states = jax.jit(jax.vmap(lambda kk, cfg=cfg: stage1.init(key, kk, cfg)))(ks)
         step = step.lower(f, states, ks).compile()
-        measure = measure.lower(f, states, ks).compile()
+        measure = measure.lower(f, states.params, ks).compile()
         compile_s = time.perf_counter() - t0
-        act = np.asarray(measure(f, states, ks))
+        act = np.asarray(measure(f, states.params, ks))
         row = {"label": label, "layer": layer, "param": cfg.param, "lr": cfg.lr,
                "spectral_decay": cfg.spectral_decay, "size": cfg.size, "transform":
                repr(cfg.transform), "K": k, "model_input": input_size, "compile_s": compile_s,
@@ -173,7 +180,7 @@ def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
                 states, _ = step(f, states, ks)
             jax.block_until_ready(states)
             elapsed += time.perf_counter() - t
-            act = np.asarray(measure(f, states, ks))
+            act = np.asarray(measure(f, states.params, ks))
             row["steps"].append(n)
             row["seconds"].append(elapsed)
             row["activation"].append(float(act.mean()))

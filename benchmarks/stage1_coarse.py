@@ -32,6 +32,7 @@ import kvjax
 from kvjax import param as param_lib
 from kvjax import stage1
 from machine import describe, save_results
+from stage1 import vmapped_programs
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -44,13 +45,6 @@ def tile_spectral(params, small, big, decay):
     tiled = jnp.zeros((t, 2 * h, w + 1, 3), jnp.complex64).at[:, 0::2, 0::2].set(4 * spectrum)
     tiled = tiled / param_lib.spectrum_scale(big, decay)[..., None]
     return jnp.stack([tiled.real, tiled.imag])
-
-
-def programs(features, config):
-    step = kvjax.jit(lambda f, s, ks: jax.vmap(lambda s, k: stage1.step(s, f, k, config))(s, ks))
-    measure = kvjax.jit(lambda f, p, ks: jax.vmap(
-        lambda p, k: stage1.measure(p, f, k, config))(p, ks))
-    return step, measure
 
 
 def main(argv=None):
@@ -86,7 +80,7 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     states = jax.jit(jax.vmap(lambda k: stage1.init(key, k, coarse)))(ks)
-    step, _ = programs(f_small, coarse)
+    step, _ = vmapped_programs(coarse)
     step = step.lower(f_small, states, ks).compile()
     for _ in range(args.coarse_steps):
         states, _ = step(f_small, states, ks)
@@ -101,7 +95,7 @@ def main(argv=None):
     opt = fine.make_optimizer()
     keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(key, 1), k))(ks)
     states = stage1.Stage1State(params, jax.vmap(opt.init)(params), keys, states.finite)
-    step, measure = programs(f_big, fine)
+    step, measure = vmapped_programs(fine)
     step = step.lower(f_big, states, ks).compile()
     measure = measure.lower(f_big, states.params, ks).compile()
     act = np.asarray(measure(f_big, states.params, ks))

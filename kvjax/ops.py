@@ -223,8 +223,8 @@ def conv3d_channel(x: jax.Array, w: jax.Array, channel, strides: Sequence[int] =
                    padding: Padding = "SAME") -> jax.Array:
     """conv3d(x, w)[..., channel:channel + 1], computing only that output channel.
 
-    x f32[N,T,H,W,Cin], w f32[kt,kh,kw,Cin,Cout], channel an int (may be traced) in
-    [0, Cout) -> f32[N,T',H',W',1]. For stage 1's channel objectives, whose last layer needs
+    x f32[N,T,H,W,Cin], w f32[kt,kh,kw,Cin,Cout], channel an int, may be traced, read as
+    `channel_index` reads it -> f32[N,T',H',W',1]. For stage 1's channel objectives, whose last layer needs
     one channel of Cout (Cout times fewer FLOPs for that convolution, forward and backward).
 
     Under jax.vmap over x and channel (stage 1: K videos, each with its own kernel), plain

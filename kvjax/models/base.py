@@ -82,7 +82,8 @@ def run_until(net: nnx.Module, x: jax.Array, layer: str, channel=None) -> jax.Ar
     except _Reached as r:
         if channel is None or taps.sliced:
             return r.value
-        return jax.lax.dynamic_slice_in_dim(r.value, jnp.asarray(channel, jnp.int32), 1, -1)
+        index = ops.channel_index(channel, r.value.shape[-1])
+        return jax.lax.dynamic_slice_in_dim(r.value, index, 1, -1)
     raise KeyError(layer)
 
 
