@@ -2,6 +2,7 @@
 
     PYTHONPATH=.:tests python benchmarks/reference_torch.py steps   [--layers ...] [--steps 3]
     PYTHONPATH=.:tests python benchmarks/reference_torch.py quality [--layer Mixed_3b] [--kernels 4]
+    PYTHONPATH=.:tests python benchmarks/reference_torch.py robust --videos kvjax_videos.npz
 
 What "as it runs" means (METHOD.md, stage 1): one kernel at a time; a raw parameter tensor
 1x3x16x128x128 ~ N(0, 0.01^2); colour decorrelation + sigmoid; the reference transform (one
@@ -17,8 +18,11 @@ mean/std, so both sides optimise the same function.
 `steps`: seconds per step per kernel at the paper's sizes (model input 32x224x224) for the
 layers of benchmarks/stage1.py. `quality`: runs the reference for its 1500 steps on a few
 kernels at a smaller model input (16x112x112), recording the objective of the rendered
-video without transform every `--every` steps and its wall time. Results go to
-benchmarks/results/reference_<mode>_<timestamp>.json (benchmarks/stage1.py compares).
+video without transform every `--every` steps and its wall time, and at the end the robust
+objective of the final video (`robust_objective`; `--save-videos` keeps the videos). `robust`:
+the same two measures (plain and robust) of videos made elsewhere (benchmarks/stage1_coarse.py
+`--save-videos`), so kvjax's videos and the reference's are judged by one evaluator. Results
+go to benchmarks/results/reference_<mode>_<timestamp>.json (benchmarks/stage1.py compares).
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from kvjax.param import COLOR_CORRELATION_NORMALIZED
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SCALES = tuple(round(1 + (i - 5) / 50, 2) for i in range(11))  # 0.90, 0.92, ..., 1.10
+ROBUST_DRAWS, ROBUST_SEED = 32, 2026
 
 
 def torch_i3d(model) -> torch.nn.Module:
@@ -84,6 +89,18 @@ def objective(net, video, layer, kernel, input_size, whole=True) -> torch.Tensor
     """Mean of channel `kernel` of `layer` over all positions (whole network evaluated)."""
     out = net(to_model(video, input_size), until=None if whole else layer)
     return out[layer][0, kernel].mean()
+
+
+def robust_objective(net, video, layer, kernel, input_size, draws=ROBUST_DRAWS,
+                     seed=ROBUST_SEED) -> float:
+    """The objective averaged over `draws` reference transforms of `video` (1, 3, T, H, W),
+    the same draws (fixed seed) for every video: how well the video keeps exciting the kernel
+    under the shifts and scalings the reference trains with. A video fitted to the exact pixel
+    grid scores well without transform and worse here. Shifts are in the video's own pixels."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return float(np.mean([float(objective(net, reference_transform(video, gen), layer, kernel,
+                                              input_size, whole=False)) for _ in range(draws)]))
 
 
 def optimise(net, layer, kernel, input_size, steps, seed=0, every=0, size=(16, 128, 128),
@@ -138,7 +155,7 @@ def check_same_function(model, net, input_size=(8, 64, 64)):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=["steps", "quality"])
+    p.add_argument("mode", choices=["steps", "quality", "robust"])
     p.add_argument("--layers", default="Conv3d_1a_7x7,Mixed_3b,Mixed_4b")
     p.add_argument("--layer", default="Mixed_3b")
     p.add_argument("--steps", type=int, default=3, help="`steps`: timed steps per layer")
@@ -148,6 +165,9 @@ def main(argv=None):
     p.add_argument("--input-size", default=None, help="T,H,W (default 32,224,224 for steps, "
                                                       "16,112,112 for quality)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--save-videos", default=None, help="`quality`: write the final videos "
+                   "(f32[K, T, H, W, 3], kernels, layer, input_size) to this .npz")
+    p.add_argument("--videos", default=None, help="`robust`: an .npz as --save-videos writes")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = kvjax.load_model("i3d")
@@ -168,12 +188,32 @@ def main(argv=None):
                          "step_s": per, "loadavg": os.getloadavg()})
             print(json.dumps(rows[-1]), flush=True)
         out["rows"] = rows
+    elif args.mode == "robust":
+        with np.load(args.videos) as z:
+            videos, kernels = z["videos"], z["kernels"]
+            layer, size = str(z["layer"]), tuple(int(x) for x in z["input_size"])
+        out["videos"] = args.videos
+        rows = out["rows"] = []
+        for video, k in zip(videos, kernels):
+            v = torch.from_numpy(np.ascontiguousarray(video.transpose(3, 0, 1, 2)))[None]
+            with torch.no_grad():
+                plain = float(objective(net, v, layer, int(k), size, whole=False))
+            rows.append({"layer": layer, "kernel": int(k), "model_input": size,
+                         "video_size": list(video.shape[:3]), "activation": plain,
+                         "robust_activation": robust_objective(net, v, layer, int(k), size)})
+            print(json.dumps(rows[-1]), flush=True)
     else:
         size = tuple(int(x) for x in (args.input_size or "16,112,112").split(","))
         rows = out["rows"] = []
+        kept = []
         for k in range(args.kernels):
             rec = optimise(net, args.layer, k, size, args.quality_steps, seed=k, every=args.every)
             video = rec.pop("video")
+            rec["robust_activation"] = robust_objective(net, video, args.layer, k, size)
+            kept.append(video[0].permute(1, 2, 3, 0).numpy())
+            if args.save_videos:
+                np.savez(args.save_videos, videos=np.stack(kept), layer=args.layer,
+                         kernels=np.arange(len(kept)), input_size=np.asarray(size))
             f = model.features(args.layer, input_size=size)
             rec["activation_kvjax"] = float(f(jnp.asarray(
                 video[0].permute(1, 2, 3, 0).numpy()))[..., k].mean())
