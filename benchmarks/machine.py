@@ -1,5 +1,5 @@
 """The machine a benchmark ran on, recorded with every result (the machines here are shared,
-so the load average is part of the record)."""
+so the load average is part of the record), and the atomic writing of results and videos."""
 from __future__ import annotations
 
 import os
@@ -41,3 +41,13 @@ def save_results(doc: dict, name: str, results_dir: str) -> str:
     os.replace(path + ".tmp", path)
     print("wrote", path, flush=True)
     return path
+
+
+def save_videos(path: str, videos, kernels, layer: str, input_size, **info) -> None:
+    """Write videos f32[K, T, H, W, 3] (RGB in [0, 1]) with their kernels, layer and model
+    input size (what reference_torch.py `robust` reads) to the .npz `path`, atomically."""
+    import numpy as np
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, videos=np.asarray(videos), kernels=np.asarray(kernels), layer=layer,
+             input_size=np.asarray(input_size), **info)
+    os.replace(tmp, path)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 import kvjax
 import torch_refs
-from machine import describe
+from machine import describe, save_videos
 from kvjax.param import COLOR_CORRELATION_NORMALIZED
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -210,13 +210,12 @@ def main(argv=None):
             rec = optimise(net, args.layer, k, size, args.quality_steps, seed=k, every=args.every)
             video = rec.pop("video")
             rec["robust_activation"] = robust_objective(net, video, args.layer, k, size)
-            kept.append(video[0].permute(1, 2, 3, 0).numpy())
+            kept.append(video[0].permute(1, 2, 3, 0).numpy())  # f32[T, H, W, 3]
             if args.save_videos:
-                np.savez(args.save_videos, videos=np.stack(kept), layer=args.layer,
-                         kernels=np.arange(len(kept)), input_size=np.asarray(size))
+                save_videos(args.save_videos, np.stack(kept), np.arange(len(kept)), args.layer,
+                            size)
             f = model.features(args.layer, input_size=size)
-            rec["activation_kvjax"] = float(f(jnp.asarray(
-                video[0].permute(1, 2, 3, 0).numpy()))[..., k].mean())
+            rec["activation_kvjax"] = float(f(jnp.asarray(kept[-1]))[..., k].mean())
             rows.append({"layer": args.layer, "kernel": k, "model_input": size, **rec,
                          "loadavg": os.getloadavg()})
             print(json.dumps(rows[-1]), flush=True)

@@ -17,8 +17,8 @@ benchmarks/results/stage1.md, "Coarse to fine".
 
 `--coarse-transform` / `--fine-transform` choose each phase's robustness transform: `fast`
 (the preset's: shifts up to 1 frame and 4 px both ways, scale 0.95-1.05), `jitter` (the same
-shifts, no scaling), `paper` (the reference's) or `none`. `--coarse-steps 0` runs at full size only. `--save-videos`
-writes the videos (at the first measurement that reaches the target, else at the end) for
+shifts, no scaling), `paper` (the reference's) or `none`. `--coarse-steps 0` runs at full
+size only. `--save-videos` writes the videos (at the first measurement that reaches the target, else at the end) for
 benchmarks/reference_torch.py `robust`, which judges them and the reference's by one
 evaluator: the objective without transform and averaged over the reference's transforms.
 """
@@ -39,20 +39,12 @@ import kvjax
 from kvjax import param as param_lib
 from kvjax import stage1
 from kvjax import transforms as transforms_lib
-from machine import describe, save_results
+from machine import describe, save_results, save_videos
 from stage1 import vmapped_programs
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TRANSFORMS = {"fast": transforms_lib.Affine(), "jitter": transforms_lib.Affine(scales=(1.0,)),
               "paper": transforms_lib.Affine.paper(), "none": transforms_lib.identity}
-
-
-def save_videos(path, videos, kernels, layer, size, **info):
-    """f32[K, T, H, W, 3] and what reference_torch.py `robust` needs, atomically."""
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, videos=np.asarray(videos), kernels=np.asarray(kernels), layer=layer,
-             input_size=np.asarray(size), **info)
-    os.replace(tmp, path)
 
 
 def tile_spectral(params, small, big, decay):
