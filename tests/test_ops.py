@@ -123,6 +123,16 @@ def test_cpu_default_avoids_xla_3d_conv():
             jax.make_jaxpr(lambda x: ops.conv3d(x, w, impl="cpu"))(x))
 
 
+def test_s2d_leaves_out_the_kernels_temporal_padding():
+    # The stem's 7 temporal taps at stride 2 become 4 s2d taps; the 4th one's second time
+    # phase is padding (zero weights), so the fold has 3 * 24 + 12 = 84 input channels, not
+    # 96 (the values are checked against XLA's conv above).
+    x, w = _inputs((1, 9, 13, 12, 3), (7, 7, 7), 8)
+    jaxpr = jax.make_jaxpr(lambda x, w: ops.conv3d(x, w, (2, 2, 2), "SAME", impl="s2d"))(x, w)
+    convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+    assert [tuple(e.invars[1].aval.shape) for e in convs] == [(4, 4, 84, 8)]
+
+
 def test_vmap_of_input_gradient_over_kernel_axis():
     # Stage 1: K videos, each pushed towards its own channel; vmap(grad) over K.
     k = 3
