@@ -12,7 +12,8 @@ and `optimize` vmaps them over kernels, in chunks of `config.chunk_size` kernels
 as fit in device memory, `auto_chunk_size`, from XLA's memory analysis), running the steps as
 `lax.scan` segments of `config.progress_every` steps (one compiled program reused for every
 segment and every chunk) with a progress callback between segments; on CPU, where XLA runs a
-step about 3x slower inside a scan (`_plan`), one compiled step at a time, reporting as often.
+step about 3x slower inside a scan (`_plan`), up to four steps unrolled per program, reporting
+as often.
 With several devices each chunk's kernel axis is split over them inside the same programs
 (kvjax.devices); chunks are then a multiple of the device count. Results come back to host memory chunk by chunk, in
 kernel order.
@@ -258,18 +259,25 @@ def step(state: Stage1State, features: Features, kernel, config: Stage1Config,
 
 
 def run(state: Stage1State, features: Features, kernel, config: Stage1Config, n_steps: int,
-        objective: objectives_lib.Objective | None = None, n_active=None
+        objective: objectives_lib.Objective | None = None, n_active=None, unroll: bool = False
         ) -> tuple[Stage1State, jax.Array]:
     """`n_steps` steps as one lax.scan: (state, values f32[n_steps]).
 
     n_active (optional, may be traced but must not be batched): only the first n_active steps
     run; the rest leave the state alone and report NaN (lets one compiled segment length
-    serve a shorter last segment). One step without n_active is `step` itself, with no scan
-    around it (see `_plan` for why the CPU wants that).
+    serve a shorter last segment). unroll: the steps as n_steps calls of `step` in sequence,
+    with no loop around them (what the CPU wants, see `_plan`); not with n_active. One step
+    without n_active is `step` itself either way.
     """
-    if n_steps == 1 and n_active is None:
-        state, value = step(state, features, kernel, config, objective)
-        return state, value[None]
+    if unroll or (n_steps == 1 and n_active is None):
+        if n_active is not None:
+            raise ValueError("run: unroll=True runs every step; n_active must be None")
+        values = []
+        for _ in range(n_steps):
+            state, value = step(state, features, kernel, config, objective)
+            values.append(value)
+        return state, jnp.stack(values)
+
     def body(state, i):
         if n_active is None:
             return step(state, features, kernel, config, objective)
@@ -344,11 +352,11 @@ def _start(arrays, static, key, kernels, config, mesh=None):
     return devices_lib.over_kernels(local, mesh, specs)(arrays, key, kernels)
 
 
-@compiler.jit(static_argnames=("static", "config", "n_steps", "mesh"))
-def _segment(arrays, static, states, kernels, n_active, config, n_steps, mesh=None):
+@compiler.jit(static_argnames=("static", "config", "n_steps", "unroll", "mesh"))
+def _segment(arrays, static, states, kernels, n_active, config, n_steps, unroll=False, mesh=None):
     def local(arrays, states, kernels, n_active):
         features, objective = combine(arrays, static)
-        go = lambda s, k: run(s, features, k, config, n_steps, objective, n_active)
+        go = lambda s, k: run(s, features, k, config, n_steps, objective, n_active, unroll)
         return jax.vmap(go)(states, kernels)
     specs = (devices_lib.REPLICATED, devices_lib.KERNEL_AXIS, devices_lib.KERNEL_AXIS,
              devices_lib.REPLICATED)
@@ -392,18 +400,31 @@ class Stage1Result(NamedTuple):
     finite: np.ndarray
 
 
-def _plan(steps: int, every: int, platform: str) -> tuple[int, int, bool]:
-    """(segments, steps per segment, single) for a run of `steps` on `platform`.
+CPU_UNROLL = 4  # most optimisation steps per CPU program (`_plan`)
 
-    On CPU each step is its own program (`step`, no lax.scan around it), driven from Python:
-    XLA's CPU backend ran the same step 2.2x slower inside a scan (I3D Conv3d_1a_7x7, paper
-    preset, 2-core AMD EPYC: 2.34-2.38 s per step in a scan of length 1 or 2, rolled or
-    a length-1 unrolled one, against 1.02-1.08 s for the bare step or an unrolled scan of
-    2-3 steps); with kvjax.compiler's options, 1.85 s per step in a scan of 3 against 0.55 s
-    bare. At ~0.5 s a step the per-step dispatch from Python costs nothing.
+
+def _plan(steps: int, every: int, platform: str) -> tuple[int, int, bool]:
+    """(segments, steps per segment, unrolled) for a run of `steps` on `platform`.
+
+    On CPU a segment is up to CPU_UNROLL steps unrolled in one program (`run(unroll=True)`,
+    no lax.scan), the largest count <= CPU_UNROLL that divides `steps`, driven from Python:
+    - XLA's CPU backend ran the same step 2.2x slower inside a scan (I3D Conv3d_1a_7x7, paper
+      preset, 2-core AMD EPYC: 2.34-2.38 s per step in a scan of length 1 or 2, rolled or a
+      length-1 unrolled one, against 1.02-1.08 s for the bare step or an unrolled scan of
+      2-3 steps); with kvjax.compiler's options, 1.85 s per step in a scan of 3 against
+      0.55 s bare.
+    - Each execution of a CPU program allocates its temporaries afresh, and the kernel's
+      page faults on them cost ~10% of a step (I3D Mixed_3b, paper preset: 112k minor faults,
+      0.22 s of system time per 1.09 s step); n unrolled steps share one allocation. Per
+      kernel-step, 1 / 2 / 4 steps per program: Mixed_3b K=1 1.09 / 1.02 / 0.97 s (compile
+      4.8 / 7.0 / 10.0 s); K=4 1.13 / - / 0.99 s; Mixed_4b K=4 1.51 / - / 1.39 s (compile 12
+      / 32 s). More steps per program compile longer for less.
     Elsewhere: lax.scan segments of `every` steps (`_segments`)."""
     if platform == "cpu":
-        return steps, 1, True
+        if steps == 0:
+            return 0, 1, True
+        n = max(u for u in range(1, min(CPU_UNROLL, steps) + 1) if steps % u == 0)
+        return steps // n, n, True
     return (*_segments(steps, every), False)
 
 
@@ -446,7 +467,8 @@ def program_memory(features: Features, config: Stage1Config, chunk: int,
     devs = devices_lib.local_devices(devices)
     arrays, static = partition((features, objective))
     prog = _program_config(config)
-    _, seg_len, single = _plan(int(config.steps), int(config.progress_every), devs[0].platform)
+    _, seg_len, unrolled = _plan(int(config.steps), int(config.progress_every),
+                                 devs[0].platform)
     cache_key = (static, tuple((a.shape, str(a.dtype)) for a in arrays), prog, seg_len, chunk,
                  devs)
     if cache_key not in _MEMORY:
@@ -458,8 +480,8 @@ def program_memory(features: Features, config: Stage1Config, chunk: int,
         states, _ = jax.eval_shape(functools.partial(_start, static=static, config=prog),
                                    weights, key=key, kernels=ks)
         states = devices_lib.abstract(states, devs, devices_lib.KERNEL_AXIS)
-        compiled = _segment.lower(weights, static, states, ks, None if single else jnp.int32(
-            seg_len), prog, seg_len, mesh).compile()
+        compiled = _segment.lower(weights, static, states, ks, None if unrolled else jnp.int32(
+            seg_len), prog, seg_len, unrolled, mesh).compile()
         _MEMORY[cache_key] = devices_lib.program_bytes(compiled)
     return _MEMORY[cache_key]
 
@@ -505,8 +527,8 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
     arrays, static = partition((features, objective))
     arrays = devices_lib.place(arrays, devs, devices_lib.REPLICATED)
     prog = _program_config(config)
-    n_segments, seg_len, single = _plan(int(config.steps), int(config.progress_every),
-                                        devs[0].platform)
+    n_segments, seg_len, unrolled = _plan(int(config.steps), int(config.progress_every),
+                                          devs[0].platform)
     _, report_every = _segments(int(config.steps), int(config.progress_every))
     n_chunks, chunk = devices_lib.chunking(len(kernels), int(chunk_size), len(devs))
     padded = np.resize(kernels, n_chunks * chunk)  # pads by repeating from the start
@@ -520,12 +542,12 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
         for s in range(n_segments):
             n_active = min(seg_len, config.steps - s * seg_len)
             states, values = _segment(arrays, static, states, ks,
-                                      None if single else jnp.int32(n_active), prog, seg_len,
-                                      mesh)
+                                      None if unrolled else jnp.int32(n_active), prog, seg_len,
+                                      unrolled, mesh)
             traces.append(values[:, :n_active])
             done = s * seg_len + n_active
-            if progress is not None and (not single or done % report_every == 0
-                                         or done == config.steps):
+            if progress is not None and (not unrolled or done == config.steps
+                                         or done // report_every > (done - n_active) // report_every):
                 jax.block_until_ready(values)
                 progress(done, config.steps, c, n_chunks)
         videos, final = _finish(arrays, static, states, ks, prog, mesh)

@@ -81,6 +81,27 @@ def test_chunks_compile_once_and_results_do_not_depend_on_chunking(reference):
     assert r2.trace.shape == (3, 4)
 
 
+def test_cpu_runs_up_to_four_unrolled_steps_per_program(features, reference):
+    # CPU: the largest count <= 4 dividing the steps, unrolled (no scan, no masked steps).
+    assert stage1._plan(1500, 50, "cpu") == (375, 4, True)
+    assert stage1._plan(50, 50, "cpu") == (25, 2, True)
+    assert stage1._plan(7, 50, "cpu") == (7, 1, True)
+    assert stage1._plan(0, 50, "cpu") == (0, 1, True)
+    assert stage1._plan(12, 5, "gpu") == (3, 4, False)  # scan segments elsewhere
+    # The unrolled form is the scan's computation: 12 steps as 3 x 4 unrolled, for kernel 1.
+    cfg = config()
+    state = stage1.init(jax.random.key(7), 1, cfg)
+    seg = jax.jit(lambda s: stage1.run(s, features, 1, cfg, 4, unroll=True))
+    values = []
+    for _ in range(3):
+        state, v = seg(state)
+        values.append(v)
+    np.testing.assert_allclose(np.concatenate(values), reference.trace[1], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(stage1.render(state, cfg), reference.videos[1], atol=1e-5)
+    with pytest.raises(ValueError, match="n_active"):
+        stage1.run(state, features, 1, cfg, 4, n_active=jnp.int32(2), unroll=True)
+
+
 def test_weights_are_arguments_not_constants(features):
     arrays, static = stage1.partition((features, objectives.channel()))
     assert len(arrays) == 1 and arrays[0].shape == (2, 3, 3, 3, C)
