@@ -195,7 +195,7 @@ def _cpu_strategy(x_shape, w_shape, strides, pads) -> str:
       space-to-depth to a stride-1 conv, whose backward is a plain stride-1 conv instead of
       a dilated one (stem at 1x32x224x224: 0.51 s, against 0.95 s "taps2d", 1.00 s
       "fold2d", PyTorch 0.92 s, native ~3.5 min extrapolated), despite (8/7)^3 more FLOPs;
-      0.46 s since the fold leaves out the zero temporal taps ((8/7)^2 more FLOPs).
+      0.46-0.48 s since the fold leaves out the zero temporal taps ((8/7)^2 more FLOPs).
     - stride-1 kernels with kt > 1: "fold2d", the temporal taps stacked into channels so the
       output is written once (Conv3d_2c 64->192 at 16x56x56: 0.37 s against 0.41 s taps2d);
       on the small Mixed_4/5 shapes fold2d and taps2d are within noise of each other.
