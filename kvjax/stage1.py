@@ -74,7 +74,8 @@ class Stage1Config:
     e.g. transforms.Affine), or None for none. optimizer: an optax GradientTransformation, or
     None for optax.adam(lr). chunk_size: kernels per compiled program (memory bound; rounded
     down to a multiple of the device count), or None to fit the free device memory.
-    progress_every: steps per lax.scan segment (progress is reported between segments).
+    progress_every: steps per lax.scan segment (progress is reported between segments; on
+    CPU, programs of up to four unrolled steps, reported about every progress_every steps).
     one_channel: compute only the kernel's channel of the layer when the objective reads
     nothing else (channel, neuron) and `features` can (`reads_one_channel`): the same values,
     and the layer's last convolutions cost min(K, C)/C of their FLOPs for K kernels vmapped
