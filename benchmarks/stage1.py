@@ -131,7 +131,8 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
                          "xla_one_channel_forward_gflop_per_kernel":
                              xla_forward_gflops(f, size, k),
                          "xla_forward_gflop_per_kernel": fwd_xla, "compile_and_first_step_s":
-                         stamps[0] - t0, "first_program_steps": done[0], "step_s": per_step, "step_s_per_kernel": per_step / k,
+                         stamps[0] - t0, "first_program_steps": done[0], "step_s": per_step,
+                         "step_s_per_kernel": per_step / k,
                          "floor_s": floor, "step_over_floor": per_step / floor,
                          "loadavg": os.getloadavg()})
             print(json.dumps(rows[-1]), flush=True)

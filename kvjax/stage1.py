@@ -334,7 +334,8 @@ def combine(arrays, static: _Static):
 
 def _program_config(config: Stage1Config) -> Stage1Config:
     """The config with the fields that do not change compiled code zeroed, so that e.g. a
-    different step count or chunk size reuses the compiled programs."""
+    different step count or chunk size reuses the compiled programs (on CPU, a step count
+    with the same steps per program, `_plan`)."""
     return dataclasses.replace(config, steps=0, chunk_size=1, progress_every=1)
 
 
@@ -547,8 +548,8 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
                                       unrolled, mesh)
             traces.append(values[:, :n_active])
             done = s * seg_len + n_active
-            if progress is not None and (not unrolled or done == config.steps
-                                         or done // report_every > (done - n_active) // report_every):
+            crossed = done // report_every > (done - n_active) // report_every
+            if progress is not None and (not unrolled or crossed or done == config.steps):
                 jax.block_until_ready(values)
                 progress(done, config.steps, c, n_chunks)
         videos, final = _finish(arrays, static, states, ks, prog, mesh)
