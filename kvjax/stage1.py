@@ -273,11 +273,11 @@ def run(state: Stage1State, features: Features, kernel, config: Stage1Config, n_
     if unroll or (n_steps == 1 and n_active is None):
         if n_active is not None:
             raise ValueError("run: unroll=True runs every step; n_active must be None")
-        values = []
+        values = [jnp.zeros((0,), jnp.float32)]  # n_steps = 0: no values, as from a scan
         for _ in range(n_steps):
             state, value = step(state, features, kernel, config, objective)
-            values.append(value)
-        return state, jnp.stack(values)
+            values.append(value[None])
+        return state, jnp.concatenate(values)
 
     def body(state, i):
         if n_active is None:

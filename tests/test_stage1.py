@@ -98,6 +98,8 @@ def test_cpu_runs_up_to_four_unrolled_steps_per_program(features, reference):
         values.append(v)
     np.testing.assert_allclose(np.concatenate(values), reference.trace[1], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(stage1.render(state, cfg), reference.videos[1], atol=1e-5)
+    same, none = stage1.run(state, features, 1, cfg, 0, unroll=True)
+    assert none.shape == (0,) and same is state
     with pytest.raises(ValueError, match="n_active"):
         stage1.run(state, features, 1, cfg, 4, n_active=jnp.int32(2), unroll=True)
 
