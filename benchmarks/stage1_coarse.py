@@ -18,9 +18,10 @@ benchmarks/results/stage1.md, "Coarse to fine".
 `--coarse-transform` / `--fine-transform` choose each phase's robustness transform: `fast`
 (the preset's: shifts up to 1 frame and 4 px both ways, scale 0.95-1.05), `jitter` (the same
 shifts, no scaling), `paper` (the reference's) or `none`. `--coarse-steps 0` runs at full
-size only. `--save-videos` writes the videos (at the first measurement that reaches the target, else at the end) for
-benchmarks/reference_torch.py `robust`, which judges them and the reference's by one
-evaluator: the objective without transform and averaged over the reference's transforms.
+size only. `--save-videos` writes the videos (at the first measurement that reaches the
+target, else at the end) for benchmarks/reference_torch.py `robust`, which judges them and
+the reference's by one evaluator: the objective without transform and averaged over the
+reference's transforms.
 """
 from __future__ import annotations
 
