@@ -163,15 +163,20 @@ def _cross_power(frames, lag: int):
 
 
 def _correlation_peak(cross, centre, sigma, whiten_eps=1e-2):
-    """Sub-pixel (x, y) argmax of the phase correlation surface near `centre`.
+    """Sub-pixel (x, y) argmax of the phase correlation surface near `centre`, and whether
+    the surface shows a match at all.
 
     The surface is multiplied by a Gaussian prior around `centre` (width `sigma` px): for
     one-dimensional patterns such as gratings the surface is a ridge (aperture problem) and
-    the prior picks its point nearest the centre.
+    the prior picks its point nearest the centre. The match is believable only if the
+    surface's highest value outweighs its deepest: frames that reverse contrast (a static
+    pattern flickering in counterphase) correlate negatively at shift 0 and nowhere
+    positively, and their argmax is noise.
     """
     h, w = cross.shape
     r = cross / (jnp.abs(cross) + whiten_eps * jnp.max(jnp.abs(cross)))
     surf = jnp.real(jnp.fft.ifft2(r))
+    matched = jnp.max(surf) > -jnp.min(surf)
     dy = _signed_offsets(h)[:, None]
     dx = _signed_offsets(w)[None, :]
     # distance to the centre on the torus of shifts
@@ -188,7 +193,7 @@ def _correlation_peak(cross, centre, sigma, whiten_eps=1e-2):
 
     sx = parabola(weighted[iy, (ix - 1) % w], weighted[iy, ix], weighted[iy, (ix + 1) % w])
     sy = parabola(weighted[(iy - 1) % h, ix], weighted[iy, ix], weighted[(iy + 1) % h, ix])
-    return jnp.stack([dx[0, ix] + sx, dy[iy, 0] + sy])
+    return jnp.stack([dx[0, ix] + sx, dy[iy, 0] + sy]), matched
 
 
 def _refine_translation(grey, v, iters: int = 6):
@@ -254,16 +259,24 @@ def global_velocity(video, refine: bool = True):
     for periodic content; its estimate is biased towards zero by the window (about 0.1 px at
     1 px/frame), so a few damped Gauss-Newton steps on the frame-to-frame residual refine it;
     for one-dimensional content only the normal velocity is kept (`_observable_projector`).
-    Pure JAX, vmappable. Returns zeros for T == 1.
+    Pure JAX, vmappable. Changes of brightness or contrast are not motion: every frame is
+    brought to mean 0 and mean square 1 first. Returns zeros where no translation explains the frames: T == 1, frames without
+    spatial structure (their spatial variance below 1e-6 of the clip's), or frames whose
+    correlation surface is dominated by contrast reversal (`_correlation_peak`).
     """
     t, h, w, _ = video.shape
     if t < 2:
         return jnp.zeros((2,), jnp.float32)
     grey = jnp.mean(video, axis=-1)
-    v = _correlation_peak(_cross_power(grey, 1), jnp.zeros(2), sigma=max(h, w) / 4)
+    clip_var = jnp.mean((grey - jnp.mean(grey)) ** 2)
+    grey = grey - jnp.mean(grey, axis=(1, 2), keepdims=True)
+    power = jnp.mean(grey ** 2, axis=(1, 2), keepdims=True)
+    structured = jnp.mean(power) > 1e-6 * clip_var
+    grey = grey * jax.lax.rsqrt(jnp.maximum(power, 1e-30))
+    v, matched = _correlation_peak(_cross_power(grey, 1), jnp.zeros(2), sigma=max(h, w) / 4)
     if refine:
         v = _refine_translation(grey, v)
-    return _observable_projector(grey) @ v
+    return jnp.where(structured & matched, _observable_projector(grey) @ v, 0.0)
 
 
 # ----------------------------------------------------------------------- model and losses

@@ -210,6 +210,34 @@ def test_global_velocity_of_a_grating_is_its_normal_velocity():
     np.testing.assert_allclose(v, [np.cos(a), -np.sin(a)], atol=0.1)
 
 
+def _changing_static_videos():
+    """A static texture (no motion at all) whose frames change over time, by name."""
+    t = np.arange(T, dtype=np.float32).reshape(T, 1, 1, 1)
+    tex = translating_video(4, 0.0, 0.0) - 0.5  # +-0.45
+    return {
+        "fade": 0.35 + tex / 9 + 0.02 * t,                 # brightness ramp, low contrast
+        "flicker": 0.5 + tex / 9 + 0.05 * (-1.0) ** t,     # brightness alternating
+        "counterphase": 0.5 + tex * (-1.0) ** t,           # contrast reversing every frame
+        "contrast ramp": 0.5 + tex * (0.2 + 0.05 * t),
+        "uniform ramp": np.broadcast_to(0.2 + 0.6 * t / (T - 1), tex.shape),  # no texture
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_changing_static_videos()))
+def test_global_velocity_is_zero_when_only_brightness_or_contrast_change(name):
+    """Before per-frame normalisation, the match check and the structure check these read
+    as motion: counterphase (-4.9, 5.5) px/frame, fade (0.05, -0.03) here and 0.78 px/frame
+    after decomposing, uniform frames an arbitrary axis."""
+    video = jnp.asarray(_changing_static_videos()[name], jnp.float32)
+    np.testing.assert_allclose(_global_velocity(video), [0.0, 0.0], atol=0.01)
+
+
+def test_global_velocity_of_a_fading_translation():
+    t = np.arange(T, dtype=np.float32).reshape(T, 1, 1, 1)
+    video = translating_video(3, -1.5, 0.7) * 0.7 + 0.015 * t
+    np.testing.assert_allclose(_global_velocity(jnp.asarray(video)), [-1.5, 0.7], atol=0.02)
+
+
 # ------------------------------------------------------------------ small property tests
 # They share one config and K = 2, so decompose compiles once for all of them.
 
