@@ -43,8 +43,8 @@ def screen_direction_deg(vx, vy):
 
     Returns degrees in [0, 360).
     """
-    deg = jnp.degrees(jnp.arctan2(-vy, vx))
-    return jnp.mod(deg, 360.0)
+    deg = jnp.mod(jnp.degrees(jnp.arctan2(-vy, vx)), 360.0)
+    return jnp.where(deg >= 360.0, 0.0, deg)  # a tiny negative angle rounds up to 360
 
 
 def direction_deg(velocity):

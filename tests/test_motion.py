@@ -31,6 +31,8 @@ def test_screen_direction():
     got = np.asarray(M.screen_direction_deg(jnp.asarray(vx), jnp.asarray(vy)))
     np.testing.assert_allclose((got - deg + 180) % 360 - 180, 0.0, atol=1e-4)
     assert np.all((got >= 0.0) & (got < 360.0))
+    # just below the x axis: -1e-8 rad, whose mod 360 rounds to 360.0 in float32
+    assert float(M.screen_direction_deg(jnp.float32(1.0), jnp.float32(1e-8))) == 0.0
 
 
 def test_direction_and_speed_of_constant_fields():
