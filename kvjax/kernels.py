@@ -29,6 +29,9 @@ def parse_kernels(spec: str | int | range | list | tuple, channels: int, *, laye
                 raise KvjaxError(f"cannot read kernels {spec!r}: use {SPEC_HELP}") from None
             if b < a:
                 raise KvjaxError(f"kernel range {part!r} runs backwards: write {b}-{a}")
+            if dash and (a < 0 or b >= channels):  # refused before building it
+                raise KvjaxError(f"kernel range {part} out of range{where}: it has "
+                                 f"{channels} kernels, 0-{channels - 1}")
             out.extend(range(a, b + 1))
     if not out:
         raise KvjaxError(f"no kernels selected by {spec!r}: use {SPEC_HELP}")

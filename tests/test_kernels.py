@@ -15,6 +15,7 @@ def test_specs(spec, want):
 @pytest.mark.parametrize("spec,msg", [
     ("0-8", "out of range.*8 kernels, 0-7"), ("9", "9"), ("a-b", "cannot read"),
     ("5-2", "backwards"), ("", "no kernels"), ([-1], "-1"),
+    ("0-6400000000", "6400000000 out of range"),  # refused before the range is built
 ])
 def test_bad_specs_name_the_valid_choices(spec, msg):
     with pytest.raises(KvjaxError, match=msg):
