@@ -37,6 +37,11 @@ class Objective:
     def __call__(self, acts: jax.Array, kernel) -> jax.Array:
         raise NotImplementedError
 
+    def n_indices(self, channels: int) -> int:
+        """How many kernel indices (0 .. n-1) this objective reads on a layer of `channels`
+        channels: the channels, unless the index picks something else (a direction's row)."""
+        return channels
+
     def __add__(self, other):
         if isinstance(other, (int, float)) and other == 0:
             return self  # lets sum() start from 0
@@ -112,10 +117,16 @@ class Direction(Objective):
     """
     vector: jax.Array
 
+    def n_indices(self, channels):
+        return self.vector.shape[0] if self.vector.ndim == 2 else channels
+
     def __call__(self, acts, kernel):
         chex.assert_rank(acts, 4)
         v = jnp.asarray(self.vector, acts.dtype)
         if v.ndim == 2:
+            if not isinstance(kernel, jax.core.Tracer) and not 0 <= int(kernel) < v.shape[0]:
+                raise ValueError(f"kernel index {int(kernel)} is out of range: the direction "
+                                 f"has {v.shape[0]} rows (0-{v.shape[0] - 1})")
             v = jax.lax.dynamic_index_in_dim(v, jnp.asarray(kernel, jnp.int32), 0, False)
         if v.shape != acts.shape[-1:]:
             raise ValueError(f"direction vector must have one entry per channel "
@@ -134,6 +145,9 @@ class Sum(Objective):
     def one_channel(self):
         return all(t.one_channel for t in self.terms)
 
+    def n_indices(self, channels):
+        return min(t.n_indices(channels) for t in self.terms)
+
     def __call__(self, acts, kernel):
         return sum((t(acts, kernel) for t in self.terms[1:]), self.terms[0](acts, kernel))
 
@@ -149,6 +163,9 @@ class Scaled(Objective):
     @property
     def one_channel(self):
         return self.objective.one_channel
+
+    def n_indices(self, channels):
+        return self.objective.n_indices(channels)
 
     def __call__(self, acts, kernel):
         return self.coef * self.objective(acts, kernel)

@@ -438,7 +438,8 @@ def _segments(steps: int, every: int) -> tuple[int, int]:
     return n, math.ceil(steps / n)
 
 
-def _check_kernels(kernels, features: Features, config: Stage1Config) -> np.ndarray:
+def _check_kernels(kernels, features: Features, config: Stage1Config,
+                   objective: objectives_lib.Objective) -> np.ndarray:
     kernels = np.asarray(list(kernels))
     if kernels.ndim != 1 or kernels.size == 0 or not np.issubdtype(kernels.dtype, np.integer):
         raise ValueError(f"kernels must be a non-empty sequence of channel indices; "
@@ -448,10 +449,12 @@ def _check_kernels(kernels, features: Features, config: Stage1Config) -> np.ndar
         raise ValueError(f"features must map f32[T,H,W,3] to f32[t,h,w,C]; for a "
                          f"{(*config.size, 3)} video it gave {out.shape}")
     channels = out.shape[-1]
-    bad = kernels[(kernels < 0) | (kernels >= channels)]
+    n = objective.n_indices(channels)
+    bad = kernels[(kernels < 0) | (kernels >= n)]
     if bad.size:
-        raise ValueError(f"kernel indices {bad.tolist()} are out of range: this layer has "
-                         f"{channels} kernels (0-{channels - 1})")
+        what = (f"this layer has {channels} kernels" if n == channels else
+                f"the objective reads {n} indices (a direction vector's rows)")
+        raise ValueError(f"kernel indices {bad.tolist()} are out of range: {what} (0-{n - 1})")
     return kernels.astype(np.int32)
 
 
@@ -520,7 +523,7 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
     config = config or Stage1Config.preset("fast")
     key = jax.random.key(0) if key is None else key
     objective = objective or objectives_lib.channel()
-    kernels = _check_kernels(kernels, features, config)
+    kernels = _check_kernels(kernels, features, config, objective)
     devs = devices_lib.local_devices(devices)
     mesh = devices_lib.kernel_mesh(devs)
     chunk_size = config.chunk_size

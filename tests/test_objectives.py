@@ -52,6 +52,18 @@ def test_bad_inputs_say_what_is_expected():
         obj.direction(jnp.ones(5))(ACTS, 0)
     with pytest.raises(TypeError):
         obj.channel() * obj.channel()
+    with pytest.raises(ValueError, match="3 rows"):  # not clamped to the last row
+        obj.direction(jnp.ones((3, 6)))(ACTS, 3)
+
+
+def test_kernel_indices_an_objective_reads():
+    """A direction with one row per kernel reads its rows' indices, not the layer's channels;
+    a combination reads only the indices valid for every part (stage 1 checks against it)."""
+    rows = obj.direction(jnp.ones((9, 6)))
+    assert obj.channel().n_indices(6) == 6 and obj.direction(jnp.ones(6)).n_indices(6) == 6
+    assert rows.n_indices(6) == 9 and (2 * rows).n_indices(6) == 9
+    assert (obj.channel() + rows).n_indices(6) == 6
+    assert (obj.direction(jnp.ones((3, 6))) + rows).n_indices(6) == 3
 
 
 def test_one_channel_objectives_give_the_same_value_on_that_channel_alone():
