@@ -147,6 +147,49 @@ def test_nan_in_one_kernel_is_reported_and_leaves_the_others_alone(features, ref
     assert float(r.activation_start[1]) < float(r.activation[1])
 
 
+@jax.custom_vjp
+def _nan_gradient_if(x, on):
+    return x
+
+
+_nan_gradient_if.defvjp(lambda x, on: (x, on),
+                        lambda on, g: (jnp.where(on, jnp.nan, g), None))
+
+
+@dataclasses.dataclass(frozen=True)
+class NaNGradientAbove(objectives.Objective):
+    """The channel objective, finite, but with a NaN gradient once it exceeds `threshold`.
+    It reads only the kernel's channel, so the one-channel readout runs (and the kernel
+    index it is given is then 0: which kernel breaks is set by the threshold)."""
+    threshold: float
+    one_channel = True  # not a field: a class attribute, as the built-in objectives'
+
+    def __call__(self, acts, kernel):
+        m = objectives.channel()(acts, kernel)
+        return _nan_gradient_if(m, m > self.threshold)
+
+
+def test_nan_gradient_with_the_one_channel_readout_freezes_only_that_kernel(reference):
+    # Kernel 3 climbs highest in the reference run: a threshold above every value of the
+    # others and below kernel 3's best breaks kernel 3 alone, at its first step above it.
+    others, bad = reference.trace[:3].max(), reference.trace[3]
+    threshold = float(others + bad.max()) / 2
+    first = int(np.argmax(bad > threshold))
+    assert others < threshold < bad.max() and first > 0
+    readout = tiny_features(readout=True)
+    objective = NaNGradientAbove(threshold)
+    assert _uses_readout(readout, objective)
+    r = stage1.optimize(readout, [0, 1, 2, 3], config(), jax.random.key(7), objective=objective)
+    np.testing.assert_array_equal(r.finite, [True, True, True, False])
+    for i in (0, 1, 2):
+        np.testing.assert_allclose(r.videos[i], reference.videos[i], atol=1e-5)
+        np.testing.assert_allclose(r.trace[i], reference.trace[i], atol=1e-5)
+    trace = np.asarray(r.trace[3])
+    assert np.isnan(trace[first:]).all()
+    np.testing.assert_allclose(trace[:first], reference.trace[3, :first], atol=1e-5)
+    assert bool(jnp.all(jnp.isfinite(r.videos[3])))  # the last finite state is kept
+
+
 def test_a_plain_function_and_other_objectives_work():
     w = 0.3 * jax.random.normal(jax.random.key(0), (2, 3, 3, 3, C))
     r = stage1.optimize(lambda v: _conv_relu(w, v), [0], config(steps=5), jax.random.key(0),
@@ -185,6 +228,12 @@ def test_one_channel_readout_gives_the_same_runs(reference):
 def test_user_errors_say_what_is_valid(features):
     with pytest.raises(ValueError, match=r"4 kernels \(0-3\)"):
         stage1.optimize(features, [0, 4], config())
+    rows = objectives.direction(jnp.eye(C)[:3])  # one direction per kernel, 3 of them
+    with pytest.raises(ValueError, match=r"reads 3 indices .*\(0-2\)"):
+        stage1.optimize(features, [3], config(), objective=rows)
+    more = objectives.direction(jnp.concatenate([jnp.eye(C), -jnp.eye(C)]))  # 2C rows
+    r = stage1.optimize(features, [C + 1], config(steps=2), objective=more)
+    assert r.videos.shape[0] == 1 and bool(r.finite[0])
     with pytest.raises(ValueError, match="unknown preset"):
         stage1.Stage1Config.preset("slow")
     with pytest.raises(ValueError, match="unknown Stage1Config field"):
