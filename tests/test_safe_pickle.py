@@ -50,6 +50,33 @@ def test_object_arrays_are_refused(tmp_path):
         safe_pickle.load(p)
 
 
+def _object_field_with_its_flags_cleared() -> np.dtype:
+    """A dtype with an object field whose pickled flags say it holds no objects."""
+    d = np.dtype("V8")
+    d.__setstate__((3, "|", None, ("w",), {"w": (np.dtype("O"), 0)}, 8, 1, 0))
+    return d
+
+
+def test_dtypes_that_hide_pointers_are_refused_before_any_element_is_read(tmp_path):
+    # hasobject is False for this dtype, yet numpy would read each item's 8 file bytes as a
+    # PyObject*: admitted, touching an element crashed the process (a report's PoC).
+    d = _object_field_with_its_flags_cleared()
+    assert d.fields is not None and not d.hasobject
+    data = pickle.dumps({"w": np.zeros(2, d)}, protocol=2).replace(b"\x00" * 16, b"A" * 16)
+    p = tmp_path / "pointers.pkl"
+    p.write_bytes(data)
+    with pytest.raises(UnsafeFileError, match="dtype"):
+        safe_pickle.load(p)
+    for harmless_but_not_numeric in (np.zeros(2, [("a", "f4"), ("b", "f4")]),
+                                     np.zeros(2, "V4"), np.zeros(2, [("a", "f4", (2,))])):
+        p.write_bytes(pickle.dumps({"w": harmless_but_not_numeric}))
+        with pytest.raises(UnsafeFileError, match="dtype"):
+            safe_pickle.load(p)
+    p.write_bytes(pickle.dumps({"s": np.array(["ab", "c"]), "b": np.array([b"x"]),
+                                "i": np.int64(3), "c": np.complex64(1j)}))
+    assert safe_pickle.load(p)["s"].tolist() == ["ab", "c"]
+
+
 def test_truncated_and_garbage_files_give_clear_errors(tmp_path):
     good = pickle.dumps({"w": np.ones((4, 4), np.float32)}, protocol=4)
     p = tmp_path / "trunc.pkl"

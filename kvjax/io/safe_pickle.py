@@ -2,7 +2,8 @@
 
 `pickle.load` on a user's file can import and call anything. `load` here admits only the
 globals that numpy needs to rebuild plain numeric arrays, plus plain containers, and checks
-the result: every leaf must be a numeric `np.ndarray` (or a str/int/float/bool/None). Anything
+the result: every leaf must be a numeric `np.ndarray` or numpy scalar (or a
+str/bytes/int/float/bool/None); structured, void and object dtypes are refused. Anything
 else is refused with `UnsafeFileError`; a truncated or malformed stream gives `CorruptFileError`.
 """
 from __future__ import annotations
@@ -76,9 +77,18 @@ def _check_leaves(obj: Any, source: str, path: str = "") -> None:
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             _check_leaves(v, source, f"{path}/{i}")
-    elif isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise UnsafeFileError(f"{source}: object array at {path!r}; only numeric arrays "
-                                  "are admitted")
-    elif not (obj is None or isinstance(obj, (str, bytes, int, float, bool, np.generic))):
+    elif isinstance(obj, (np.ndarray, np.generic)):
+        if not _plain(obj.dtype):
+            raise UnsafeFileError(f"{source}: array of dtype {obj.dtype!r} at {path!r}; only "
+                                  "numeric arrays (and plain strings) are admitted")
+    elif not (obj is None or isinstance(obj, (str, bytes, int, float, bool))):
         raise UnsafeFileError(f"{source}: unexpected {type(obj).__name__} at {path!r}")
+
+
+def _plain(dtype: np.dtype) -> bool:
+    """A dtype whose items are plain bytes: bool, integer, float, complex, fixed-size string;
+    no fields, no sub-arrays. `hasobject` alone is not enough: a pickled dtype sets its own
+    flags, and one with an object field and the flags cleared reads raw file bytes as
+    pointers (a crash, or worse, when an element is touched). Its elements are never read."""
+    return (dtype.kind in "biufcSU" and dtype.fields is None and dtype.subdtype is None
+            and not dtype.hasobject)
