@@ -21,6 +21,19 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["a.txt"]  # no temporary left behind
 
 
+def test_atomic_writes_get_a_plain_open_files_permissions(tmp_path):
+    """Not mkstemp's 0600: a gallery must be readable by a web server or colleagues."""
+    old = os.umask(0o027)
+    try:
+        atomic.write_text(tmp_path / "a.txt", "x")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    mode = os.stat(tmp_path / "a.txt").st_mode & 0o777
+    assert mode == os.stat(plain).st_mode & 0o777 == 0o640
+
+
 def test_gif_round_trip_keeps_frames(tmp_path):
     rng = np.random.default_rng(0)
     frames = rng.uniform(0, 1, (5, 12, 10, 3)).astype(np.float32)

@@ -11,7 +11,9 @@ from typing import Iterator
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success, fsync and rename it over `path`.
 
-    On an exception the temporary file is removed and `path` is left as it was.
+    The file gets the permissions a plain open() would give it (0666 less the umask, not
+    mkstemp's 0600), so a gallery can be served or shared. On an exception the temporary
+    file is removed and `path` is left as it was.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -22,10 +24,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kvjax.errors import CorruptFileError, KvjaxError
+from kvjax.io import atomic
 
 FORMAT = "kvjax-model"
 FORMAT_VERSION = 1
@@ -71,7 +72,7 @@ def save(path: str | os.PathLike, arch: str, state: Mapping[str, Any],
     tmp = None
     try:
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide DST from other users
+        os.chmod(tmp, 0o777 & ~atomic.umask())  # mkdtemp's 0700 would hide DST from other users
         state = _to_numpy(state)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, STATE), state)
@@ -151,12 +152,6 @@ def _make_parents(folder: str) -> list[str]:
             raise KvjaxError(f"cannot create folder {d}: {e.strerror or e}") from None
         created.append(d)
     return created
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _rmdir_quietly(folder: str) -> None:
