@@ -96,3 +96,27 @@ def test_killed_run_resumes_keeping_finished_kernels(tmp_path):
     # The same command again finds everything done and recomputes nothing.
     r = kvjax(*args)
     assert r.returncode == 0 and "(4 already done)" in r.stdout and "0 chunk(s)" in r.stdout
+
+
+def test_resume_goes_on_with_the_saved_runs_settings(tmp_path):
+    """--resume with other flags (size, seed, preset) continues the saved run as it was:
+    a kernel recomputed then equals the one computed first, and the user is told."""
+    out = tmp_path / "run"
+    args = ["visualize", "--kernels", "0-1", "--chunk", "1", "--out", str(out)]
+    r = kvjax(*args, *TINY)
+    assert r.returncode == 0, r.stderr
+    first = _results(out)
+    state = out / "state"
+    (lost,) = [n for n in os.listdir(state) if n.startswith("chunk-00001-")]
+    import shutil
+    shutil.rmtree(state / lost)  # as if the run had been killed before kernel 1 was saved
+    other = ["--size", "4,48,48", "--steps1", "6", "--steps2", "6", "--seed", "4",
+             "--preset", "paper"]
+    r = kvjax(*args, *other, "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "with its own settings" in r.stdout and "(1 already done)" in r.stdout
+    assert all(k in r.stdout for k in ("overrides", "preset", "seed")), r.stdout
+    again = _results(out)
+    for name in ("activation", "direction_deg", "speed_px_per_frame"):
+        np.testing.assert_allclose(again[1][name], first[1][name], rtol=2e-4, atol=1e-5)
+    assert json.loads((out / "run.json").read_text())["seed"] == 3

@@ -158,11 +158,14 @@ def run(args) -> int:
     out = _check_out(args.out)
 
     store = RunStore(out)
-    settings = store.start(_settings(args, model, layer, kernels, config), resume=args.resume,
-                           owned=())
-    if settings["layer"] != layer or settings["kernels"] != kernels:
-        print(f"resuming the run in {out}: {settings['model']} / {settings['layer']}, "
-              f"{len(settings['kernels'])} kernels")
+    given = _settings(args, model, layer, kernels, config)
+    settings = store.start(given, resume=args.resume, owned=())
+    if settings != given:  # --resume: the saved run goes on with all of its own settings
+        ignored = sorted(k for k in set(given) | set(settings)
+                         if k != "config" and given.get(k) != settings.get(k))
+        print(f"resuming the run in {out} with its own settings: {settings['model']} / "
+              f"{settings['layer']}, {len(settings['kernels'])} kernels; ignoring the "
+              f"{', '.join(ignored)} given now", flush=True)
         if settings["model"] != model.name or settings["checkpoint"] != args.checkpoint:
             model = load_model(settings["model"], settings["checkpoint"])
         layer, kernels = settings["layer"], settings["kernels"]
