@@ -84,8 +84,8 @@ def inspect(src: str) -> str:
     if os.path.isdir(src) and model_checkpoint.is_checkpoint(src):
         return _inspect_converted(src)
     tensors, meta = load_checkpoint(src)
-    convs = {k[:-len(".weight")]: v.shape[0] for k, v in tensors.items()
-             if k.endswith("weight") and v.ndim in (4, 5)}
+    convs = {(k[:-len(".weight")] if k.endswith(".weight") else k): v.shape[0]
+             for k, v in tensors.items() if k.endswith("weight") and v.ndim in (4, 5)}
     guess = guess_arch(tensors, meta)
     head = [f"{src}: PyTorch-style checkpoint",
             "  guessed architecture: " + (f"{guess[0]} ({guess[1]}); convert with "
@@ -257,7 +257,7 @@ def _report(head: list[str], arrays: Mapping[str, np.ndarray], convs: Mapping[st
 
 
 def _weight_key(name: str, arrays: Mapping) -> str:
-    return next(k for k in (f"{name}.weight", f"{name}/kernel") if k in arrays)
+    return next(k for k in (f"{name}.weight", f"{name}/kernel", name) if k in arrays)
 
 
 def _short(names, n) -> str:

@@ -58,6 +58,15 @@ def test_inspect_unknown_layout(tmp_path):
     assert "features.0" in text and "8 kernels" in text and "3 tensors" in text
 
 
+def test_inspect_weights_without_a_dotted_name(tmp_path):
+    """A bare module's state_dict ('weight') or an underscored key: listed, no StopIteration."""
+    torch.save(torch.nn.Conv3d(3, 8, 3).state_dict(), tmp_path / "bare.pth")
+    assert "weight" in commands.inspect(str(tmp_path / "bare.pth"))
+    torch.save({"conv1_weight": torch.zeros(4, 3, 3, 3, 3)}, tmp_path / "under.pth")
+    text = commands.inspect(str(tmp_path / "under.pth"))
+    assert "conv1_weight" in text and "4 kernels" in text
+
+
 def test_mismatch_names_missing_unexpected_and_misshaped(tmp_path):
     sd = {"conv1.0.weight": torch.zeros(64, 6, 7, 7), "surprise.weight": torch.zeros(1)}
     torch.save(sd, tmp_path / "partial.pth")
