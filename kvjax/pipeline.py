@@ -37,7 +37,8 @@ class Result(NamedTuple):
     displacement f32[K,T,H,W,2] (px, image coords, y down; V_t(p) ~ I(p + D_t(p)));
     motion f32[K,T,H,W,2] content velocity in px/frame (image coords, y down);
     reconstruction f32[K,T,H,W,3]; trace1 f32[K,steps1]; trace2 f32[K,steps2];
-    finite bool[K] (False: stage 1 hit NaN/inf, last finite video kept);
+    finite bool[K] (False: stage 1 hit NaN/inf, last finite video kept; or stage 2's
+    texture, motion or reconstruction is not finite);
     summary: dict of f32[K] named as in results.json (activation, activation_start,
     direction_deg, speed_px_per_frame, motion_fraction, recon_mse).
     """
@@ -96,5 +97,12 @@ def visualize(features: Callable[[jax.Array], jax.Array], kernels: Sequence[int]
                            kernels=kernels, devices=devices, progress=cb2)
     summary = {"activation": s1.activation, "activation_start": s1.activation_start,
                **dec.summary}
+    finite = np.asarray(s1.finite) & _all_finite(dec.texture, dec.velocity, dec.reconstruction)
     return Result(kernels, s1.videos, dec.texture, dec.displacement, dec.velocity,
-                  dec.reconstruction, s1.trace, dec.loss_trace, s1.finite, summary)
+                  dec.reconstruction, s1.trace, dec.loss_trace, finite, summary)
+
+
+def _all_finite(*arrays) -> np.ndarray:
+    """bool[K]: every value of each kernel's arrays (K first) is finite."""
+    return np.logical_and.reduce([np.isfinite(np.asarray(a)).reshape(len(a), -1).all(1)
+                                  for a in arrays])

@@ -100,3 +100,20 @@ def test_run_store_resumes_finished_chunks_and_refuses_other_settings(tmp_path):
     with pytest.raises(KvjaxError, match="layer differ"):
         again.start(dict(settings, layer="Mixed_3b"), resume=False)
     assert again.start(dict(settings, layer="Mixed_3b"), resume=True) == settings
+
+
+def test_motion_colour_scale_ignores_a_kernel_with_nan_motion():
+    from kvjax.commands.visualize import _speed_scale
+    v = np.zeros((3, 4, 8, 8, 2), np.float32)
+    v[..., 0] = np.array([1.0, 2.0, 3.0]).reshape(3, 1, 1, 1)
+    clean = _speed_scale(v)
+    v[1, 2, 3, 3] = np.nan
+    assert _speed_scale(v) == pytest.approx(clean) and 2.9 < clean <= 3.0
+    assert _speed_scale(np.full((2, 2), np.nan)) == 1e-3
+
+
+def test_a_kernel_is_finite_only_if_all_its_arrays_are():
+    from kvjax.pipeline import _all_finite
+    a, b = np.zeros((3, 2, 2)), np.zeros((3, 5))
+    a[1, 0, 0], b[2, 4] = np.inf, np.nan
+    np.testing.assert_array_equal(_all_finite(a, b), [True, False, False])

@@ -80,12 +80,20 @@ def _write_kernel(out: str, kernel: int, r: dict, upscale: int) -> None:
     pictures.save_gif(os.path.join(out, names["reconstruction"]),
                       np.clip(r["reconstruction"], 0, 1), scale=upscale)
     s = r["summary"]
-    speed = np.linalg.norm(r["motion"], axis=-1)
-    scale = max(float(np.percentile(speed, 99)), 1e-3)  # automatic, per kernel; legend says it
+    scale = _speed_scale(r["motion"])  # automatic, per kernel; the legend says it
     title = (f"kernel {kernel}: {float(s['direction_deg']):.0f} deg, "
              f"{float(s['speed_px_per_frame']):.2f} px/frame")
     pictures.save_gif(os.path.join(out, names["motion"]),
                       figures.motion_frames(r["motion"], scale, title=title))
+
+
+def _speed_scale(velocities: np.ndarray) -> float:
+    """Full colour of the motion pictures: the 99th percentile of |v| (px/frame) over the
+    finite vectors of f32[..., 2], at least 1e-3; a kernel whose stage 2 gave NaN does not
+    blank the others' pictures."""
+    speed = np.linalg.norm(velocities, axis=-1)
+    speed = speed[np.isfinite(speed)]
+    return max(float(np.percentile(speed, 99)), 1e-3) if speed.size else 1e-3
 
 
 def _entries(done: dict) -> list[dict]:
@@ -96,7 +104,7 @@ def _entries(done: dict) -> list[dict]:
 def _write_report(out: str, settings: dict, done: dict) -> str:
     ks = sorted(done)
     velocities = np.stack([done[k]["motion"] for k in ks])
-    scale = max(float(np.percentile(np.linalg.norm(velocities, axis=-1), 99)), 1e-3)
+    scale = _speed_scale(velocities)
     labels = [f"k {k}: {float(done[k]['summary']['direction_deg']):.0f} deg, "
               f"{float(done[k]['summary']['speed_px_per_frame']):.2f} px/f, "
               f"mf {float(done[k]['summary']['motion_fraction']):.2f}" for k in ks]
@@ -213,7 +221,8 @@ def run(args) -> int:
             done[k] = jax.tree_util.tree_map(lambda a: a[i], arrays)
             _write_kernel(out, k, done[k], upscale)
             if not done[k]["finite"]:
-                print(f"kernel {k}: NaN/inf during stage 1; its last finite video is kept",
+                print(f"kernel {k}: NaN/inf during stage 1 (its last finite video is kept) "
+                      f"or in stage 2's results; results.json marks it finite: false",
                       flush=True)
         if index == 0:
             if count > 1:
