@@ -78,11 +78,15 @@ def cmd_layers(args) -> int:
     print(f"{model.name}: {model.description}")
     print(f"input {size[0]}x{size[1]}x{size[2]} (T x H x W), pixels [0,1] -> "
           f"[{model.value_range[0]:g},{model.value_range[1]:g}]")
-    width = max(len(r.name) for r in rows)
+    width = max((len(r.name) for r in rows), default=5)
     print(f"{'layer':<{width}}  {'kernels':>7}  {'output t x h x w':>16}  objective reads")
     for r in rows:
         shape = "x".join(map(str, r.shape[:-1]))
         print(f"{r.name:<{width}}  {r.channels:>7}  {shape:>16}  {r.read}")
+    beyond = len(model.layers()) - len(rows)
+    if beyond:
+        print(f"(the last {beyond} layer(s), after {rows[-1].name if rows else 'the input'}, are "
+              f"out of reach of this input: it is too small for them)")
     return 0
 
 

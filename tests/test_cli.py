@@ -32,6 +32,8 @@ def test_layers_prints_the_i3d_table():
     (["--layer", "Mixed3b"], "unknown layer 'Mixed3b'.*closest: Mixed_3b"),
     (["--kernels", "60-70"], "out of range.*64 kernels, 0-63"),
     (["--layer", "Mixed_3b", "--kernels", "x"], "cannot read kernels"),
+    (["--layer", "Logits", "--kernels", "0"],  # TINY's 4x32x32 is fed to the model as it is
+     "'Logits' is out of reach of a model input of 4x32x32.*deepest it reaches is Mixed_"),
 ])
 def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, args, msg):
     out = tmp_path / "out"

@@ -104,6 +104,17 @@ def test_layer_table(i3d):
     assert len(layers) == 3 * 2 + 9 * 13 + 4 + 1
 
 
+def test_an_input_too_small_for_the_deepest_layers(i3d):
+    """8x64x64 reaches every layer but Logits (its 2x7x7 average pool needs more): the
+    layer table stops there and asking for Logits names the deepest layer reached."""
+    rows = i3d.layers((8, 64, 64))
+    assert [r.name for r in rows] == i3d.layer_names()[:-1] and rows[-1].name == "Mixed_5c"
+    assert rows[-1].shape == (1, 2, 2, 1024)
+    with pytest.raises(KvjaxError, match="out of reach.*8x64x64.*Mixed_5c"):
+        i3d.features("Logits", input_size=(8, 64, 64))
+    assert i3d.check_layer("Mixed_5c", (8, 64, 64)).shape == (1, 2, 2, 1024)
+
+
 def test_unknown_layer_names_closest(i3d):
     with pytest.raises(KvjaxError, match="Mixed_3b") as e:
         i3d.features("Mixed3b")

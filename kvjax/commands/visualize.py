@@ -161,7 +161,7 @@ def run(args) -> int:
     from kvjax.models import load_model
     model = load_model(args.model, args.checkpoint)
     layer = args.layer or model.default_layer
-    info = model.check_layer(layer)
+    info = model.check_layer(layer, config.input_size)
     kernels = parse_kernels(args.kernels or DEFAULT_KERNELS, info.channels, layer=layer)
     out = _check_out(args.out)
 

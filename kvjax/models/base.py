@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kvjax import ops
-from kvjax.errors import unknown_name
+from kvjax.errors import KvjaxError, unknown_name
 from kvjax.models.relu import MODES, relu_gradient
 
 PRE = "pre-activation"    # the raw convolution output (what the reference code hooks)
@@ -155,21 +155,36 @@ class VideoModel:
         return self._default_layer or next(l.name for l in self.layers() if l.read == POST)
 
     def layers(self, input_size: tuple[int, int, int] | None = None) -> list[LayerInfo]:
-        """Every layer in forward order, shapes for `input_size` (default: the model's)."""
+        """Every layer in forward order, shapes for `input_size` (default: the model's).
+
+        An input too small for the whole network gives the layers it reaches (every output
+        axis at least 1), in order; `check_layer` names the others as out of reach.
+        """
         size = tuple(input_size or self.input_size)
         if size == self.input_size and self._layers is not None:
             return self._layers
         graphdef, state = nnx.split(self.net)
         taps = Taps()
+        shapes = {}
 
         def all_taps(state, x):
             taps.values.clear()
-            nnx.merge(graphdef, state)(x, taps)
+            try:
+                nnx.merge(graphdef, state)(x, taps)
+            finally:  # the layers reached before an op found its input too small
+                shapes.update((n, tuple(v.shape)) for n, v in taps.values.items())
             return dict(taps.values)
 
-        shapes = jax.eval_shape(all_taps, state, jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
-        out = [LayerInfo(n, shapes[n].shape[-1], tuple(shapes[n].shape[1:]), read)
-               for n, read in taps.reads.items()]  # forward order (dicts come back sorted)
+        try:
+            jax.eval_shape(all_taps, state, jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
+        except (TypeError, ValueError):  # negative or empty sizes past some layer
+            if not shapes:
+                raise
+        out = []
+        for n, read in taps.reads.items():  # forward order (dicts come back sorted)
+            if n not in shapes or min(shapes[n][1:]) < 1:
+                break
+            out.append(LayerInfo(n, shapes[n][-1], shapes[n][1:], read))
         if size == self.input_size:
             self._layers = out
         return out
@@ -177,13 +192,30 @@ class VideoModel:
     def layer_names(self) -> list[str]:
         return [l.name for l in self.layers()]
 
-    def check_layer(self, layer: str) -> LayerInfo:
-        """The LayerInfo of `layer`, or a KvjaxError naming the closest valid layers."""
+    def check_layer(self, layer: str,
+                    input_size: tuple[int, int, int] | None = None) -> LayerInfo:
+        """The LayerInfo of `layer` for `input_size` (default: the model's), or a KvjaxError
+        naming the closest valid layers, or, for a layer the input is too small to reach,
+        the deepest layer it reaches."""
         for info in self.layers():
             if info.name == layer:
-                return info
-        raise unknown_name("layer", layer, self.layer_names(), where=f"in model {self.name!r}",
-                           hint=f"`kvjax layers --model {self.name}` lists them")
+                break
+        else:
+            raise unknown_name("layer", layer, self.layer_names(),
+                               where=f"in model {self.name!r}",
+                               hint=f"`kvjax layers --model {self.name}` lists them")
+        size = tuple(input_size or self.input_size)
+        if size == self.input_size:
+            return info
+        for small in self.layers(size):
+            if small.name == layer:
+                return small
+        reached = self.layers(size)
+        deepest = f"the deepest it reaches is {reached[-1].name}" if reached else "none"
+        raise KvjaxError(f"layer {layer!r} is out of reach of a model input of "
+                         f"{'x'.join(map(str, size))} (T x H x W): {deepest}; use a larger "
+                         f"input (--size, or --preset paper: the model's own "
+                         f"{'x'.join(map(str, self.input_size))})")
 
     def features(self, layer: str, input_size: tuple[int, int, int] | None = None,
                  relu_grad: str = "redirect") -> Callable[[jax.Array], jax.Array]:
@@ -202,7 +234,7 @@ class VideoModel:
         weights, so jitted code that takes it as an argument gets the weights as arguments
         (closed-over weights would be constant-folded by XLA).
         """
-        info = self.check_layer(layer)
+        info = self.check_layer(layer, input_size)
         graphdef, state = nnx.split(self.net)
         if relu_grad not in MODES:
             raise ValueError(f"relu_grad must be one of {MODES}; got {relu_grad!r}")
