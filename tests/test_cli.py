@@ -55,6 +55,20 @@ def test_out_that_cannot_be_a_folder_is_refused(tmp_path):
     assert afile.read_text() == "keep me"
 
 
+def test_out_holding_other_files_is_refused_and_left_alone(tmp_path):
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "index.html").write_text("my project page")
+    (out / "notes.txt").write_text("mine")
+    r = kvjax("visualize", "--out", str(out), *TINY)
+    assert r.returncode == 2 and "did not write (index.html, notes.txt)" in r.stderr, r.stderr
+    assert sorted(os.listdir(out)) == ["index.html", "notes.txt"]
+    assert (out / "index.html").read_text() == "my project page"
+    (out / "notes.txt").unlink()  # a lone index.html is not a kvjax run's either (no run.json)
+    r = kvjax("visualize", "--out", str(out), *TINY)
+    assert r.returncode == 2 and "did not write (index.html)" in r.stderr, r.stderr
+
+
 def _results(out):
     return {k["kernel"]: k for k in json.loads((out / "results.json").read_text())["kernels"]}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import time
 
@@ -44,10 +45,26 @@ def _config(preset: str, overrides: dict) -> Config:
     return Config(preset, **over)
 
 
+# What a run writes into --out (and its temporaries): any other file there is not kvjax's.
+_OURS = re.compile(r"(index\.html|results\.json|run\.json|state|contact_sheet_.+\.png"
+                   r"|k\d{4,}_(stage1|texture|motion|reconstruction)\.(gif|png)"
+                   r"|\..+\.tmp|\.kvjax-probe-.+)")
+_STARTING = re.compile(r"(state|\..+\.tmp|\.kvjax-probe-.+)")  # another process starting
+
+
 def _check_out(path: str) -> str:
-    """Make sure `path` is (or can become) a writable folder; leaves nothing if it cannot."""
+    """Make sure `path` is (or can become) a writable folder that holds nothing but kvjax's
+    files (a run's rewrites would replace someone's index.html); leaves nothing if not."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise KvjaxError(f"--out {path!r} is a file, not a folder; choose a folder")
+    if os.path.isdir(path):
+        names = os.listdir(path)
+        ours = _OURS if "run.json" in names else _STARTING  # run.json comes before the rest
+        foreign = sorted(n for n in names if not ours.fullmatch(n))
+        if foreign:
+            raise KvjaxError(f"--out {path!r} holds files that kvjax did not write "
+                             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''});"
+                             f" choose a new or empty folder")
     created = not os.path.exists(path)
     try:
         os.makedirs(path, exist_ok=True)
