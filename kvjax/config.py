@@ -45,8 +45,8 @@ class Config:
         over = {"stage1": {}, "stage2": {}}
         input_size = _INPUT_SIZE[preset]
         for name, value in overrides.items():
-            if value is None:
-                continue
+            if value is None and name in _SHORT:
+                continue  # the CLI's unset flags; a stage1_/stage2_ field's None is a value
             if name == "input_size":
                 input_size = value
             elif name in _SHORT:
