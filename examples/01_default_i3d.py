@@ -28,7 +28,7 @@ def main():
 
     quick = dict(steps1=8, steps2=8, size=(8, 32, 32)) if args.quick else {}
     config = kvjax.Config("fast", **quick)
-    features = model.features(layer, input_size=config.input_size)
+    features = model.features(layer, input_size=config.input_size, relu_grad=config.relu_grad)
     res = kvjax.visualize(features, kernels=range(4), config=config, key=jax.random.key(0))
 
     print(f"videos {res.videos.shape}, texture {res.texture.shape}, motion {res.motion.shape}")

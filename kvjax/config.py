@@ -8,8 +8,10 @@ Overrides with the CLI's names: steps1, steps2, size (T, H, W of the optimised v
 lr2, param ("pixel" | "spectral"), chunk (kernels per compiled stage-1 program; default None:
 as many as fit in the free device memory, kvjax.devices; stage 2 always fits its chunks to the
 memory unless stage2_chunk_size is set), input_size (T, H, W the model sees; None: the model's
-own). Any other field of `Stage1Config` / `Stage2Config` can be set with a `stage1_` /
-`stage2_` prefix (e.g. stage2_flow_param="displacement").
+own), relu_grad (the gradient of the model's ReLUs in stage 1, for `model.features`: "exact"
+in `paper`, as the reference; "redirect" in `fast`). Any other field of `Stage1Config` /
+`Stage2Config` can be set with a `stage1_` / `stage2_` prefix (e.g.
+stage2_flow_param="displacement").
 """
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ PRESETS = ("fast", "paper")
 # model's own input (32x224x224 for I3D). `fast` feeds the video at its own size: I3D is fully
 # convolutional up to Mixed_5c, and 8x fewer voxels is what makes a CPU run take minutes.
 _INPUT_SIZE = {"paper": None, "fast": "video"}
+# The ReLU gradient the preset's features use (VideoModel.features' relu_grad). The paper's
+# reference takes PyTorch's true gradient, so a kernel silent on its starting video stays grey;
+# `fast` redirects a ReLU that passes no gradient at all (kvjax.models.relu) so it wakes up.
+_RELU_GRAD = {"paper": "exact", "fast": "redirect"}
 _SHORT = {"steps1": ("stage1", "steps"), "lr1": ("stage1", "lr"), "size": ("stage1", "size"),
           "param": ("stage1", "param"), "chunk": ("stage1", "chunk_size"),
           "steps2": ("stage2", "steps"), "lr2": ("stage2", "lr")}
@@ -38,17 +44,22 @@ class Config:
     stage2: Stage2Config
     preset: str
     input_size: tuple[int, int, int] | None
+    relu_grad: str
 
     def __init__(self, preset: str = "fast", **overrides: Any):
         if preset not in PRESETS:
             raise KvjaxError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
         over = {"stage1": {}, "stage2": {}}
-        input_size = _INPUT_SIZE[preset]
+        input_size, relu_grad = _INPUT_SIZE[preset], _RELU_GRAD[preset]
         for name, value in overrides.items():
             if value is None and name in _SHORT:
                 continue  # the CLI's unset flags; a stage1_/stage2_ field's None is a value
             if name == "input_size":
                 input_size = value
+            elif name == "relu_grad":
+                if value not in ("exact", "redirect"):
+                    raise KvjaxError(f"relu_grad must be 'exact' or 'redirect'; got {value!r}")
+                relu_grad = value
             elif name in _SHORT:
                 stage, field = _SHORT[name]
                 over[stage][field] = value
@@ -56,7 +67,8 @@ class Config:
                 over[name[:6]][name[7:]] = value
             else:
                 raise KvjaxError(f"unknown Config override {name!r}; valid: "
-                                 f"{', '.join([*_SHORT, 'input_size'])}, or stage1_<field> / "
+                                 f"{', '.join([*_SHORT, 'input_size', 'relu_grad'])}, or "
+                                 "stage1_<field> / "
                                  "stage2_<field>")
         try:
             s1 = Stage1Config.preset(preset, **over["stage1"])
@@ -69,6 +81,7 @@ class Config:
         object.__setattr__(self, "stage2", s2)
         object.__setattr__(self, "preset", preset)
         object.__setattr__(self, "input_size", tuple(input_size) if input_size else None)
+        object.__setattr__(self, "relu_grad", relu_grad)
 
     def to_dict(self) -> dict:
         """Plain JSON-able description (results.json, run.json)."""
@@ -81,4 +94,5 @@ class Config:
             return out
         return {"preset": self.preset,
                 "input_size": list(self.input_size) if self.input_size else None,
+                "relu_grad": self.relu_grad,
                 "stage1": plain(self.stage1), "stage2": plain(self.stage2)}

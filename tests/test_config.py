@@ -25,3 +25,14 @@ def test_overrides_reach_their_stage_and_bad_ones_name_the_valid():
         kvjax.Config("fast", steps=3)
     with pytest.raises(KvjaxError, match="unknown preset 'slow'; valid: fast, paper"):
         kvjax.Config("slow")
+
+
+def test_paper_takes_the_true_relu_gradient_fast_redirects_it():
+    """The reference differentiates its network exactly (a kernel silent on the start video
+    stays grey there); `fast` wakes such kernels up (kvjax.models.relu)."""
+    assert kvjax.Config("paper").relu_grad == "exact"
+    assert kvjax.Config("fast").relu_grad == "redirect"
+    assert kvjax.Config("paper", relu_grad="redirect").relu_grad == "redirect"
+    assert kvjax.Config("paper").to_dict()["relu_grad"] == "exact"
+    with pytest.raises(KvjaxError, match="relu_grad must be 'exact' or 'redirect'"):
+        kvjax.Config("fast", relu_grad="lucid")

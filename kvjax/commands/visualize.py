@@ -204,7 +204,8 @@ def run(args) -> int:
     for k in sorted(set(done) & set(share)):  # a run killed between saving a chunk and drawing it
         if not all(os.path.exists(os.path.join(out, f)) for f in _file_names(k).values()):
             _write_kernel(out, k, done[k], upscale)
-    features = model.features(layer, input_size=config.input_size)
+    features = model.features(layer, input_size=config.input_size,
+                              relu_grad=config.relu_grad)
     n_dev = len(jax.local_devices())
     chunk = _chunk_size(settings["overrides"].get("chunk"), features, len(share), config,
                         n_dev) if todo else 0
