@@ -105,7 +105,8 @@ def xla_forward_gflops(features, size, one_channel_k: int | None = None) -> floa
 def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
     rows = []
     for layer in layers:
-        f = model.features(layer, input_size=input_size)
+        # the paper preset's gradient, as the reference's (kvjax.Config("paper").relu_grad)
+        f = model.features(layer, input_size=input_size, relu_grad="exact")
         fwd = forward_gflops(f, size)
         fwd_xla = xla_forward_gflops(f, size)
         for k in ks:
