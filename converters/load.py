@@ -87,7 +87,8 @@ def _load_torch(path: str) -> Any:
             return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "GLOBAL" in msg or "Unsupported global" in msg:
+        if ("GLOBAL" in msg or "Unsupported global" in msg) and (
+                is_zip or not _numpy_global(msg)):
             raise UnsafeFileError(f"refusing {path}: loading it would import code "
                                   f"({_torch_reason(msg)}); only tensors and plain containers "
                                   "are admitted") from None
@@ -108,6 +109,14 @@ def _load_torch(path: str) -> Any:
         raise CorruptFileError(f"{path} is neither a torch checkpoint nor a pickle of arrays "
                                f"(truncated or corrupt?): {type(err).__name__}: "
                                f"{str(err).splitlines()[0][:200] if str(err) else ''}") from None
+
+
+def _numpy_global(msg: str) -> bool:
+    """Whether the global torch refused (its message names it) is one numpy needs to rebuild
+    arrays: a plain pickle of numpy arrays, left to kvjax's restricted unpickler."""
+    import re
+    found = re.search(r"GLOBAL ([\w.]+)\.(\w+)", msg)
+    return bool(found) and (found.group(1), found.group(2)) in safe_pickle.ALLOWED_GLOBALS
 
 
 def _torch_reason(msg: str) -> str:

@@ -75,6 +75,22 @@ def test_code_running_pickle_is_refused_and_never_runs(tmp_path, name):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_plain_numpy_pickle_with_a_torch_extension_is_read(tmp_path, protocol):
+    """torch's weights-only loader refuses numpy's globals in a protocol-2 pickle; such a
+    file goes to the restricted unpickler, as the docstring promises, and is read."""
+    arrays = {k: v.numpy() for k, v in SD.items()}
+    with open(tmp_path / "w.pth", "wb") as f:
+        pickle.dump(arrays, f, protocol=protocol)
+    _check(load_tensors(tmp_path / "w.pth"))
+    marker = tmp_path / "MARKER"  # numpy's globals first, then code: still refused
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({**arrays, "x": _RunsCode(marker)}, f, protocol=protocol)
+    with pytest.raises(UnsafeFileError, match="system"):
+        load_tensors(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
 def test_code_running_torch_zip_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "MARKER"
     torch.save({"w": torch.zeros(2), "x": _RunsCode(marker)}, tmp_path / "evil.pth")

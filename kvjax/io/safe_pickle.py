@@ -18,7 +18,7 @@ import numpy as np
 from kvjax.errors import CorruptFileError, KvjaxError, UnsafeFileError
 
 # (module, name) pairs numpy's pickles use to rebuild arrays and dtypes, across numpy 1 and 2.
-_ALLOWED = {
+ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
@@ -34,7 +34,7 @@ _ALLOWED = {
 
 class _ArraysOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
+        if (module, name) in ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise UnsafeFileError(
             f"refusing to load {module}.{name} from a pickle: only numpy arrays and plain "
