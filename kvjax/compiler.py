@@ -53,6 +53,18 @@ def options(platform: str | None = None) -> dict[str, str] | None:
     return dict(_cpu_options()) or None if platform == "cpu" else None
 
 
+def _inside_a_trace(args) -> bool:
+    """Whether a call happens inside another trace: a traced argument, or (concrete
+    arguments, e.g. a closed-over array inside a jitted loss) JAX's trace state."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(args)):
+        return True
+    try:
+        from jax._src.core import trace_state_clean  # not public; absent: tracers only
+    except ImportError:
+        return False
+    return not trace_state_clean()
+
+
 class _Jit:
     """A jax.jit per platform, chosen at call time by jax.default_backend(). Called inside
     another trace (jit, eval_shape, vmap...), where XLA takes options only from the outer
@@ -63,7 +75,7 @@ class _Jit:
         functools.update_wrapper(self, fun)
 
     def _for_backend(self, args=()):
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(args)):
+        if _inside_a_trace(args):
             platform = "nested"
         else:
             platform = jax.default_backend()

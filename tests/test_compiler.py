@@ -120,6 +120,12 @@ def test_jit_nested_in_a_trace_runs_inline():
     np.testing.assert_allclose(jax.jit(lambda x: inner(x) + 1)(x), jnp.sin(x) * 2 + 1, rtol=1e-6)
     assert jax.eval_shape(inner, x).shape == (4,)
     np.testing.assert_allclose(jax.vmap(inner)(x), jnp.sin(x) * 2, rtol=1e-6)
+    # concrete arguments inside a trace (a fixed array in a jitted loss, a scan body)
+    fixed = np.arange(4.0)
+    np.testing.assert_allclose(jax.jit(lambda z: inner(fixed) + z)(1.0), np.sin(fixed) * 2 + 1,
+                               rtol=1e-6)
+    carry, _ = jax.lax.scan(lambda c, _: (c + inner(fixed), None), jnp.zeros(4), None, length=2)
+    np.testing.assert_allclose(carry, 2 * np.sin(fixed) * 2, rtol=1e-6)
 
 
 def test_options_only_on_cpu():
