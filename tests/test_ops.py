@@ -7,6 +7,7 @@ and a second derivative.
 from __future__ import annotations
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -113,11 +114,26 @@ def test_asymmetric_same_differs_from_symmetric():
     assert np.abs(np.asarray(same - sym)).max() > 1e-2 * np.abs(np.asarray(same)).max()
 
 
-def test_cpu_default_avoids_xla_3d_conv():
-    x, w = _inputs((1, 4, 8, 8, 3), (3, 3, 3), 4)
-    grad = jax.grad(lambda x: jnp.sum(ops.conv3d(x, w, (1, 1, 1), "SAME", impl="cpu")))
-    jaxpr = str(jax.make_jaxpr(grad)(x))
-    assert "DHWIO" not in jaxpr and "NDHWC" not in jaxpr
+def _conv_ranks(jaxpr) -> list[int]:
+    """The operand rank of every conv_general_dilated in a jaxpr and its sub-jaxprs."""
+    ranks = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            ranks.append(eqn.invars[0].aval.ndim)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            ranks += _conv_ranks(sub)
+    return ranks
+
+
+@pytest.mark.parametrize("kernel,strides", [((3, 3, 3), (1, 1, 1)), ((7, 7, 7), (2, 2, 2)),
+                                            ((3, 1, 1), (1, 1, 1))])
+def test_cpu_default_avoids_xla_3d_conv(kernel, strides):
+    x, w = _inputs((1, 8, 12, 12, 3), kernel, 4)
+    loss = lambda impl: lambda x: jnp.sum(ops.conv3d(x, w, strides, "SAME", impl=impl))  # noqa: E731
+    native = _conv_ranks(jax.make_jaxpr(jax.grad(loss("native")))(x).jaxpr)
+    assert native and set(native) == {5}  # the check sees XLA's 3D conv where there is one
+    ranks = _conv_ranks(jax.make_jaxpr(jax.grad(loss("cpu")))(x).jaxpr)
+    assert ranks and set(ranks) == {4}  # forward and input gradient: 2D convolutions only
     if jax.default_backend() == "cpu":
         assert str(jax.make_jaxpr(lambda x: ops.conv3d(x, w))(x)) == str(
             jax.make_jaxpr(lambda x: ops.conv3d(x, w, impl="cpu"))(x))
