@@ -30,6 +30,16 @@ CASES = [
 ]
 
 
+def _randomise_per_channel(net) -> None:
+    """Every per-channel vector (BatchNorm statistics and scales, biases) random, in place: at
+    init they are the same in every channel, so a readout picking the wrong one would pass."""
+    rng = np.random.default_rng(1)
+    for path, var in nnx.to_flat_state(nnx.state(net)):
+        if var[...].ndim == 1:
+            low = 0.5 if path[-1] in ("var", "scale") else -0.5
+            var[...] = jnp.asarray(rng.uniform(low, 1.5, var[...].shape), jnp.float32)
+
+
 def _computes_one_channel(net, layer) -> bool:
     """Whether the network computes `layer` as one channel alone when asked (the model's
     path, not run_until's slice of the whole layer)."""
@@ -47,6 +57,7 @@ def _computes_one_channel(net, layer) -> bool:
                          ids=[c[0] for c in CASES])
 def test_one_channel_equals_the_layers_channel(name, make, input_size, alone, sliced):
     net = make()
+    _randomise_per_channel(net)
     model = VideoModel(name, net, input_size or net.input_size, (-1.0, 1.0))
     video = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (*SIZE, 3)), jnp.float32)
     assert [_computes_one_channel(net, l) for l in alone + sliced] == \
