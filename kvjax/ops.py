@@ -224,7 +224,12 @@ def conv3d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1, 1),
         raise ValueError(f"conv3d expects x f32[N,T,H,W,Cin] and w f32[kt,kh,kw,Cin,Cout] with "
                          f"matching Cin; got x {x.shape}, w {w.shape}")
     strides = tuple(int(s) for s in strides)
+    if len(strides) != 3:
+        raise ValueError(f"conv3d expects strides for (T, H, W), three; got {strides}")
     pads = resolve_padding(x.shape[1:4], w.shape[:3], strides, padding)
+    if min(_out_sizes(x.shape[1:4], w.shape[:3], strides, pads)) < 1:
+        raise ValueError(f"conv3d: the kernel {w.shape[:3]} does not fit the input "
+                         f"{x.shape[1:4]} with padding {pads}: the output would be empty")
     impl = impl or ("cpu" if jax.default_backend() == "cpu" else "native")
     if impl == "cpu":
         impl = _cpu_strategy(x.shape, w.shape, strides, pads)
@@ -252,7 +257,8 @@ def conv3d_channel(x: jax.Array, w: jax.Array, channel, strides: Sequence[int] =
     channels (with all Cout when K >= Cout), and keeps each video's own channel (the
     diagonal); the input gradient likewise (0.16 s per kernel at K=4, 0.20 s at K=16; all 64
     channels: 0.51 s). Values and gradients are those of conv3d's slice. Reverse-mode
-    differentiable once (a custom VJP); not forward-mode. The diagonal form does min(K, Cout)
+    differentiable (a custom VJP), and its gradient forward-mode again (jax.hessian); the
+    function itself not forward-mode (jax.jvp refuses). The diagonal form does min(K, Cout)
     output channels of work, never more than the whole convolution; it was measured on CPU
     only (on GPU a grouped convolution might do better for large K). `channel`: see
     `channel_index`.
@@ -310,6 +316,8 @@ def _channel_conv(strides, pads):
         the cotangent) are batched and the weights shared; plain vmap else (a channel batch
         alone already makes one dense convolution; per-example weights need groups)."""
         def vmap_rule(size, batched, x, w, c, *rest):
+            if not any(batched):  # JAX's JVP rule asks with nothing batched
+                return fn(x, w, c, *rest), False
             bx, bw, bc, *brest = batched
             if bc and not bw and (bx or any(brest)):
                 x = x if bx else jnp.broadcast_to(x, (size, *x.shape))
@@ -374,6 +382,9 @@ def _pool(x, init, op, window, strides, padding, impl):
     if x.ndim != 5:
         raise ValueError(f"pooling expects f32[N,T,H,W,C]; got shape {x.shape}")
     window, strides = tuple(window), tuple(strides)
+    if len(window) != 3 or len(strides) != 3:
+        raise ValueError(f"pooling expects a window and strides for (T, H, W), three each; "
+                         f"got window {window}, strides {strides}")
     pads = resolve_padding(x.shape[1:4], window, strides, padding)
     impl = impl or ("cpu" if jax.default_backend() == "cpu" else "native")
     if impl == "cpu":
@@ -388,8 +399,10 @@ def max_pool3d(x: jax.Array, window: Sequence[int], strides: Sequence[int],
                padding: Padding = "SAME", *, impl: str | None = None) -> jax.Array:
     """Max over windows of f32[N,T,H,W,C]; padded cells never win (TensorFlow semantics).
 
-    Gradient ties: the separable CPU form passes the gradient through `jnp.maximum`, which
-    splits it equally between tied values; the native form gives it to one of them.
+    Gradient ties: the separable CPU form passes the gradient through a chain of pairwise
+    maxima, each of which splits it equally between its two inputs, so tied values share it
+    unevenly (three tied: 1/4, 1/4, 1/2), summing to the whole; the native form gives it all
+    to one of them. Both are valid subgradients.
     """
     return _pool(x, -jnp.inf, lax.max, window, strides, padding, impl)
 

@@ -458,8 +458,9 @@ def decompose(videos, config: Stage2Config | None = None, key=None, *,
     config = Stage2Config.preset("fast") if config is None else config
     key = jax.random.key(0) if key is None else key
     videos = np.asarray(videos, np.float32)
-    if videos.ndim != 5 or videos.shape[-1] != 3:
-        raise KvjaxError(f"videos must be f32[K, T, H, W, 3]; got shape {videos.shape}")
+    if videos.ndim != 5 or videos.shape[-1] != 3 or 0 in videos.shape:
+        raise KvjaxError(f"videos must be f32[K, T, H, W, 3], none of them empty; got shape "
+                         f"{videos.shape}")
     k, t, h, w, _ = videos.shape
     kernels = np.arange(k, dtype=np.int32) if kernels is None else np.asarray(kernels, np.int32)
     if kernels.shape != (k,):

@@ -304,6 +304,21 @@ def test_conv3d_channel_other_batchings():
            jnp.stack([ref(x[0], w, int(k)) for k in ks]))
 
 
+def test_conv3d_channel_hessian_and_bad_shapes():
+    """Forward over reverse (nothing batched in the custom_vmap rule) gives conv3d's hessian;
+    pool and conv shapes that do not name (T, H, W) or leave nothing are refused."""
+    x, w = _inputs((1, 3, 4, 4, 2), (3, 3, 3), 3)
+    h = jax.hessian(lambda x: jnp.sum(jnp.sin(ops.conv3d_channel(x, w, 1))))(x)
+    want = jax.hessian(lambda x: jnp.sum(jnp.sin(_ref_conv(x, w, (1, 1, 1), "SAME")[..., 1])))(x)
+    _close(h, want)
+    with pytest.raises(ValueError, match="three each"):
+        ops.max_pool3d(x, (2, 2), (2, 2), "VALID")
+    with pytest.raises(ValueError, match="output would be empty"):
+        ops.conv3d(x, jnp.zeros((5, 3, 3, 2, 4)), padding="VALID")
+    with pytest.raises(ValueError, match="three"):
+        ops.conv3d(x, w, (1, 1))
+
+
 def test_conv3d_channel_vmapped_computes_k_channels_not_all():
     # The point of conv3d_channel: K videos x K selected kernels, not K x Cout (nor a
     # grouped convolution). XLA's FLOP count of the compiled forward + input gradient.

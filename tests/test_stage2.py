@@ -335,3 +335,5 @@ def test_presets_and_config_errors():
         stage2.Stage2Config(flow_param="spline")
     with pytest.raises(KvjaxError, match=r"f32\[K, T, H, W, 3\]"):
         stage2.decompose(jnp.zeros((4, 8, 8, 3)), SMALL, jax.random.key(0))
+    with pytest.raises(KvjaxError, match="none of them empty"):
+        stage2.decompose(jnp.zeros((0, 4, 8, 8, 3)), SMALL, jax.random.key(0))
