@@ -79,3 +79,28 @@ def test_one_channel_equals_the_layers_channel(name, make, input_size, alone, sl
         scale = float(jnp.abs(g_full).max()) + 1e-12
         np.testing.assert_allclose(g_one, g_full, rtol=0, atol=1e-4 * scale,
                                    err_msg=f"{layer} gradient")
+
+
+def test_videogpt_post_activation_layers_are_non_negative_and_residual_sums_are_pre():
+    """POST means a ReLU came last: every such VideoGPT layer is >= 0 on a random video; a
+    residual block's output x + y has no nonlinearity and is read as PRE."""
+    net = videogpt.make_net(n_hiddens=32, n_res_layers=1)
+    _randomise_per_channel(net)
+    model = VideoModel("videogpt-vqvae", net, net.input_size, (-0.5, 0.5))
+    reads = {l.name: l.read for l in model.layers(SIZE)}
+    assert reads["res0"] == "pre-activation" and reads["res_stack"] == "post-activation"
+    video = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (*SIZE, 3)), jnp.float32)
+    for name, read in reads.items():
+        if read == "post-activation":
+            assert float(jnp.min(model.features(name, input_size=SIZE)(video))) >= 0.0, name
+
+
+def test_flownets_with_one_frame_reaches_no_layer():
+    """FlowNetS reads frame pairs: one frame gives no pair, a clear error (was a
+    ZeroDivisionError traceback)."""
+    from kvjax.errors import KvjaxError
+    from kvjax.models import flownets
+    model = VideoModel("flownets", flownets.make_net(), flownets.INPUT_SIZE, (0.0, 1.0))
+    assert model.layers((1, 64, 64)) == []
+    with pytest.raises(KvjaxError, match="out of reach of a model input of 1x64x64.*no layer"):
+        model.check_layer("conv1", (1, 64, 64))

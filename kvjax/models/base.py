@@ -177,9 +177,9 @@ class VideoModel:
 
         try:
             jax.eval_shape(all_taps, state, jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
-        except (TypeError, ValueError):  # negative or empty sizes past some layer
-            if not shapes:
-                raise
+        except (TypeError, ValueError, ZeroDivisionError):  # sizes too small past some layer
+            if not shapes and size == self.input_size:
+                raise  # the model's own input must reach its layers: a bug, not a size
         out = []
         for n, read in taps.reads.items():  # forward order (dicts come back sorted)
             if n not in shapes or min(shapes[n][1:]) < 1:
@@ -211,7 +211,8 @@ class VideoModel:
             if small.name == layer:
                 return small
         reached = self.layers(size)
-        deepest = f"the deepest it reaches is {reached[-1].name}" if reached else "none"
+        deepest = (f"the deepest it reaches is {reached[-1].name}" if reached else
+                   "it reaches no layer")
         raise KvjaxError(f"layer {layer!r} is out of reach of a model input of "
                          f"{'x'.join(map(str, size))} (T x H x W): {deepest}; use a larger "
                          f"input (--size, or --preset paper: the model's own "
@@ -230,9 +231,12 @@ class VideoModel:
         the model's value range. Values are exact. Gradients: `relu_grad="redirect"` (the
         default, for activation maximisation) lets a ReLU that passed no gradient at all pass
         the gradient that would wake it up (kvjax.models.relu: a dead kernel's stage 1 then
-        starts moving instead of staying grey); `"exact"` gives the true gradient. The result is a `jax.tree_util.Partial` whose leaves are the
-        weights, so jitted code that takes it as an argument gets the weights as arguments
-        (closed-over weights would be constant-folded by XLA).
+        starts moving instead of staying grey); `"exact"` gives the true gradient. Redirection
+        assumes the gradient of a loss being *minimised* (stage 1 minimises -objective): the
+        gradient of the objective itself, climbed, gets no wake-up. The result is a
+        `jax.tree_util.Partial` whose leaves are the weights, so jitted code that takes it as
+        an argument gets the weights as arguments (closed-over weights would be constant-folded
+        by XLA).
         """
         info = self.check_layer(layer, input_size)
         graphdef, state = nnx.split(self.net)

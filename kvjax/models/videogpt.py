@@ -21,7 +21,8 @@ this model (they do not see the video).
 
 Exposed layers: `convs/0/conv` (PRE), `convs/0` (ReLU, POST), ..., `conv_last` (PRE);
 per block `res0/conv3/conv` (PRE), `res0/conv3` (BN + ReLU, POST), `res0/conv1/conv`,
-`res0/conv1`, `res0/attn` (the axial attention sum, PRE), `res0` (block output, POST);
+`res0/conv1`, `res0/attn` (the axial attention sum, PRE), `res0` (block output x + y, no
+nonlinearity: PRE);
 `res_stack` (final BN + ReLU, POST); `pre_vq_conv` (the latent, PRE).
 """
 from __future__ import annotations
@@ -106,7 +107,7 @@ class AttentionResidualBlock(nnx.Module):
         y = taps(f"{name}/conv1/conv", self.conv1(y), PRE)
         y = taps(f"{name}/conv1", relu(self.bn2(y)), POST)
         y = taps(f"{name}/attn", self.attn_w(y) + self.attn_h(y) + self.attn_t(y), PRE)
-        return taps(name, x + y, POST)
+        return taps(name, x + y, PRE)  # a residual sum: no nonlinearity until the next block
 
 
 class VQVAEEncoder(nnx.Module):
