@@ -82,7 +82,8 @@ def _load_torch(path: str) -> Any:
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(path)  # truncated zips lack a directory
     try:
-        with warnings.catch_warnings(), torch.serialization.safe_globals(_DATA_ONLY_GLOBALS):
+        with warnings.catch_warnings(), torch.serialization.safe_globals(
+                _DATA_ONLY_GLOBALS + (_lightning_stand_ins(path) if is_zip else [])):
             warnings.simplefilter("ignore")
             return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
@@ -109,6 +110,32 @@ def _load_torch(path: str) -> Any:
         raise CorruptFileError(f"{path} is neither a torch checkpoint nor a pickle of arrays "
                                f"(truncated or corrupt?): {type(err).__name__}: "
                                f"{str(err).splitlines()[0][:200] if str(err) else ''}") from None
+
+
+# Lightning keeps the state of a trainer's callbacks keyed by the callback's class
+# (pytorch_lightning 1.x: {ModelCheckpoint: {...}}, VideoGPT's pinned 1.3.3) and its
+# hyper-parameters in an AttributeDict (a dict subclass): references to classes kvjax must
+# not import, but that carry no code of the file's. Each is admitted as an inert stand-in
+# (an AttributeDict as a plain dict).
+_LIGHTNING = ("pytorch_lightning.", "lightning.pytorch.", "lightning_fabric.")
+
+
+def _lightning_stand_ins(path: str) -> list:
+    """(stand-in class, name) for every global under Lightning's packages that the torch zip
+    file at `path` refers to; [] if it refers to none (or cannot be listed: torch decides)."""
+    import torch
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - unreadable: torch.load reports it properly
+        return []
+    return [(dict if name.endswith(".AttributeDict") else  # torch fills only a real dict
+             type(name.rsplit(".", 1)[-1], (_StandIn,), {"__module__": name.rsplit(".", 1)[0]}),
+             name) for name in names if name.startswith(_LIGHTNING)]
+
+
+class _StandIn:
+    """An inert stand-in for a Lightning class (a callback's class used as a dict key; an
+    instance would only get its pickled attributes)."""
 
 
 def _numpy_global(msg: str) -> bool:
