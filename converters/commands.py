@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from kvjax.errors import KvjaxError, WeightsMismatchError
 from kvjax.io import model_checkpoint
 
 
-def convert(src: str, dst: str, arch: str) -> str:
+def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = None) -> str:
     """Convert the PyTorch/Caffe2/safetensors checkpoint `src` for `arch` into directory `dst`.
 
     Steps: refuse a `dst` that cannot be written or holds something else -> load `src`
@@ -31,7 +31,9 @@ def convert(src: str, dst: str, arch: str) -> str:
     every layer) -> rename it to `dst`. Any failure is a KvjaxError and leaves nothing written.
 
     `dst` must not exist, be an empty folder, or be a converted checkpoint of the same file
-    for the same arch (which is then replaced). Returns a summary.
+    for the same arch (which is then replaced). `hparams` add to (or replace) the training
+    hyper-parameters the file records, for a file that lacks them (VideoGPT's downsample).
+    Returns a summary.
     """
     from flax import nnx
 
@@ -40,10 +42,13 @@ def convert(src: str, dst: str, arch: str) -> str:
     table = tables.get(arch)  # an unknown arch fails before any file is read
     existing = _check_destination(dst)
     tensors, meta = load_checkpoint(src)
+    if hparams:
+        meta = {**meta, "hyper_parameters": {**meta.get("hyper_parameters", {}), **hparams}}
     digest = sha256(src)
     if existing is not None:
         _check_replaceable(dst, existing, arch, digest)
     tensors = table.prepare(tensors)
+    table.require(tensors, meta)
     config = table.config(tensors, meta)
     net = nnx.eval_shape(lambda: table.make_net(**config))
     try:

@@ -101,6 +101,9 @@ class Table:
     source: str = ""  # the upstream code whose key layout this is
     prepare: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]] = lambda t: t
     # `prepare` renames an alternative key layout (e.g. Caffe2 blob names) to the table's own
+    require: Callable[[Mapping[str, np.ndarray], Mapping | None], None] = lambda t, meta: None
+    # `require(tensors, meta)` refuses (KvjaxError) a file whose config `config` can only
+    # guess; `convert` calls it, guessing an architecture does not need it
 
 
 # arch -> module under converters/ that defines TABLE (imported on first use).

@@ -14,14 +14,18 @@ irrelevant (they never see the video). Keys -> kvjax state paths:
     encoder.res_stack.N.*  (final BatchNorm)     -> res_bn
     pre_vq_conv.conv.{weight,bias}               -> pre_vq_conv
 Config: n_hiddens, n_res_layers, embedding_dim from the shapes; downsample, sequence_length and
-resolution from the checkpoint's hyper-parameters (Lightning saves VideoGPT's args), else
-downsample (2^n,)*3 for n downsampling convs and the 16 x 64 x 64 default size.
+resolution from the checkpoint's hyper-parameters (Lightning saves VideoGPT's args; `kvjax
+convert --hparam downsample=4,2,2` gives them for a bare state dict), else the 16 x 64 x 64
+default size. Without a recorded downsample `require` refuses the conversion: every
+downsampling kernel is 4x4x4 whatever its strides, so the weights cannot tell 4,4,4 from
+4,2,2 (guessing the architecture needs only the shapes, and takes (2^n,)*3).
 """
 from __future__ import annotations
 
 import re
 
 from converters.tables import BN_IGNORE, Table, batchnorm, conv3d, linear, vector
+from kvjax.errors import KvjaxError
 from kvjax.models import videogpt as model
 
 
@@ -40,6 +44,18 @@ def config(tensors, meta=None) -> dict:
         if isinstance(hp.get(k), int):
             cfg[k] = hp[k]
     return cfg
+
+
+def require(tensors, meta=None) -> None:
+    """Refuse a checkpoint without a recorded downsample (see the module docstring)."""
+    hp = (meta or {}).get("hyper_parameters") or {}
+    n_convs = len({m[1] for k in tensors if (m := re.match(r"encoder\.convs\.(\d+)\.", k))})
+    if "downsample" not in hp and n_convs:
+        raise KvjaxError(
+            f"this VideoGPT checkpoint does not record its `downsample` (the stride per axis T, "
+            f"H, W, e.g. 4,2,2; its {n_convs} downsampling convolutions allow several), and the "
+            f"weights cannot tell it: convert the Lightning .ckpt VideoGPT saved, or give it: "
+            f"kvjax convert SRC DST --arch videogpt-vqvae --hparam downsample=T,H,W")
 
 
 def mapping(n_hiddens=model.DEFAULTS["n_hiddens"], n_res_layers=model.DEFAULTS["n_res_layers"],
@@ -70,4 +86,4 @@ def mapping(n_hiddens=model.DEFAULTS["n_hiddens"], n_res_layers=model.DEFAULTS["
 TABLES = {"videogpt-vqvae": Table(
     "videogpt-vqvae", config, mapping, model.make_net,
     ignore=BN_IGNORE + ("decoder.*", "post_vq_conv.*", "codebook.*"),
-    source="wilson1yan/VideoGPT videogpt/vqvae.py")}
+    source="wilson1yan/VideoGPT videogpt/vqvae.py", require=require)}

@@ -49,10 +49,25 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("src")
     conv.add_argument("dst")
     conv.add_argument("--arch", required=True)
+    conv.add_argument("--hparam", type=_hparam, action="append", default=[],
+                      metavar="NAME=VALUE", help="a training hyper-parameter the file lacks, "
+                      "e.g. downsample=4,2,2 for a bare VideoGPT state dict (repeatable)")
 
     ins = sub.add_parser("inspect", help="list a checkpoint's tensors and guess its architecture")
     ins.add_argument("src")
     return p
+
+
+def _hparam(text: str) -> tuple[str, object]:
+    """NAME=VALUE -> (name, value): an int, a list of ints (4,2,2), else the text."""
+    name, eq, value = text.partition("=")
+    if not eq or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        ints = [int(v) for v in value.split(",")]
+    except ValueError:
+        return name, value
+    return name, ints if "," in value else ints[0]
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -100,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             return run(args)
         if args.command == "convert":
             from converters.commands import convert
-            print(convert(args.src, args.dst, args.arch))
+            print(convert(args.src, args.dst, args.arch, dict(args.hparam)))
             return 0
         if args.command == "inspect":
             from converters.commands import inspect

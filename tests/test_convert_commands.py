@@ -111,6 +111,32 @@ def _vqvae(path, seed=0, edit=None):
     return str(path)
 
 
+def test_videogpt_without_its_downsample_is_refused_unless_given(tmp_path):
+    """A bare state dict does not say VideoGPT's strides, and every downsampling kernel is
+    4x4x4 whatever they are: refused (it converted as 4,4,4 before), or given by --hparam."""
+    ref = torch_refs.random_module(torch_refs.VQVAE, n_hiddens=16, n_res_layers=1,
+                                   downsample=(4, 2, 2), embedding_dim=4)
+    torch.save(ref.state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(KvjaxError, match="does not record its `downsample`.*--hparam "
+                                         "downsample=T,H,W"):
+        commands.convert(str(tmp_path / "bare.pth"), str(tmp_path / "ck"), "videogpt-vqvae")
+    assert not (tmp_path / "ck").exists()
+    assert "videogpt-vqvae (all tensors match)" in commands.inspect(str(tmp_path / "bare.pth"))
+    commands.convert(str(tmp_path / "bare.pth"), str(tmp_path / "ck"), "videogpt-vqvae",
+                     {"downsample": [4, 2, 2]})
+    config = model_checkpoint.read_manifest(tmp_path / "ck")["config"]
+    assert config["downsample"] == [4, 2, 2]
+
+
+def test_hparam_arguments_parse_to_numbers_and_lists():
+    from kvjax.cli import _hparam
+    assert _hparam("downsample=4,2,2") == ("downsample", [4, 2, 2])
+    assert _hparam("resolution=64") == ("resolution", 64)
+    assert _hparam("name=ucf101") == ("name", "ucf101")
+    with pytest.raises(argparse.ArgumentTypeError):
+        _hparam("downsample")
+
+
 def test_manifest_records_the_checks(tmp_path):
     src = _vqvae(tmp_path / "vq.ckpt")
     summary = commands.convert(src, str(tmp_path / "ck"), "videogpt-vqvae")
