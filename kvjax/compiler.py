@@ -71,8 +71,10 @@ class _Jit:
     program, it is a plain nested jax.jit."""
 
     def __init__(self, fun: Callable, jit_kwargs: dict[str, Any]):
+        # name and docstring only: update_wrapper's default also copies fun.__dict__, and a
+        # jax.grad / vmap of another _Jit carries that one's _fun, which would replace ours
+        functools.update_wrapper(self, fun, updated=())
         self._fun, self._kwargs, self._jits = fun, jit_kwargs, {}
-        functools.update_wrapper(self, fun)
 
     def _for_backend(self, args=()):
         if _inside_a_trace(args):

@@ -132,3 +132,14 @@ def test_options_only_on_cpu():
     assert compiler.options("gpu") is None and compiler.options("tpu") is None
     cpu = compiler.options("cpu")
     assert cpu is None or set(cpu) == {compiler.YNN_FUSION_OPTION}
+
+
+def test_jit_of_a_transformed_kvjax_jit_function_runs_the_transform():
+    """jax.grad / vmap of a kvjax.jit function, jitted again with kvjax.jit, is that
+    transform (the wrapper once took the inner function's attributes and ran it instead)."""
+    f = compiler.jit(lambda x: jnp.sum(x ** 2))
+    x = jnp.arange(12.0).reshape(4, 3)
+    np.testing.assert_allclose(compiler.jit(jax.vmap(f))(x), np.sum(np.asarray(x) ** 2, 1))
+    np.testing.assert_allclose(compiler.jit(jax.grad(f))(x), 2 * np.asarray(x))
+    value, grad = compiler.jit(jax.value_and_grad(f))(x)
+    assert float(value) == float(np.sum(np.asarray(x) ** 2)) and grad.shape == x.shape
