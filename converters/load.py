@@ -77,7 +77,7 @@ def _load_torch(path: str) -> Any:
     import pickle
     import warnings
 
-    import torch
+    torch = _torch()
 
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(path)  # truncated zips lack a directory
@@ -120,10 +120,21 @@ def _load_torch(path: str) -> Any:
 _LIGHTNING = ("pytorch_lightning.", "lightning.pytorch.", "lightning_fabric.")
 
 
+def _torch():
+    """The torch module, or a KvjaxError saying how to install it (an optional extra)."""
+    try:
+        import torch
+    except ImportError:
+        raise KvjaxError('reading PyTorch checkpoints needs PyTorch, an optional extra of '
+                         'kvjax: pip install "kvjax[torch]" (or pip install ".[torch]" in a '
+                         'clone)') from None
+    return torch
+
+
 def _lightning_stand_ins(path: str) -> list:
     """(stand-in class, name) for every global under Lightning's packages that the torch zip
     file at `path` refers to; [] if it refers to none (or cannot be listed: torch decides)."""
-    import torch
+    torch = _torch()
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - unreadable: torch.load reports it properly

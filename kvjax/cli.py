@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(vis)
     vis.add_argument("--layer", default=None, help="layer name (see `kvjax layers`)")
     vis.add_argument("--kernels", default=None, metavar="SPEC",
-                     help="'all', '0-63', '0,5,9' or '0-7,12' (default: the preset's first few)")
+                     help="'all', '0-63', '0,5,9' or '0-7,12' (default: 0-7)")
     vis.add_argument("--preset", default="fast", choices=("fast", "paper"))
     vis.add_argument("--steps1", type=int, default=None, help="stage-1 optimisation steps")
     vis.add_argument("--steps2", type=int, default=None, help="stage-2 optimisation steps")

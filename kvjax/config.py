@@ -75,6 +75,8 @@ class Config:
             s2 = Stage2Config.preset(preset, **over["stage2"])
         except ValueError as e:
             raise KvjaxError(str(e)) from None
+        if s1.steps < 1:  # stage1.optimize takes 0 steps; a visualisation needs a video
+            raise KvjaxError(f"steps1 must be at least 1; got {s1.steps}")
         if input_size == "video":
             input_size = s1.size
         object.__setattr__(self, "stage1", s1)

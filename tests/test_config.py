@@ -25,6 +25,8 @@ def test_overrides_reach_their_stage_and_bad_ones_name_the_valid():
         kvjax.Config("fast", steps=3)
     with pytest.raises(KvjaxError, match="unknown preset 'slow'; valid: fast, paper"):
         kvjax.Config("slow")
+    with pytest.raises(KvjaxError, match="steps1 must be at least 1; got 0"):
+        kvjax.Config("fast", steps1=0)  # the CLI crashed after both stages, files left
 
 
 def test_paper_takes_the_true_relu_gradient_fast_redirects_it():

@@ -127,3 +127,11 @@ def test_a_whole_model_object_is_refused(tmp_path):
     torch.save(torch.nn.Linear(2, 2), tmp_path / "m.pth")  # pickles the class: needs code
     with pytest.raises(UnsafeFileError, match=r"m\.pth"):
         load_tensors(tmp_path / "m.pth")
+
+
+def test_without_torch_a_torch_file_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+    torch.save(SD, tmp_path / "w.pth")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as after `pip install .` (no extra)
+    with pytest.raises(KvjaxError, match=r'pip install "kvjax\[torch\]"'):
+        load_tensors(tmp_path / "w.pth")
