@@ -112,14 +112,6 @@ def _load_torch(path: str) -> Any:
                                f"{str(err).splitlines()[0][:200] if str(err) else ''}") from None
 
 
-# Lightning keeps the state of a trainer's callbacks keyed by the callback's class
-# (pytorch_lightning 1.x: {ModelCheckpoint: {...}}, VideoGPT's pinned 1.3.3) and its
-# hyper-parameters in an AttributeDict (a dict subclass): references to classes kvjax must
-# not import, but that carry no code of the file's. Each is admitted as an inert stand-in
-# (an AttributeDict as a plain dict).
-_LIGHTNING = ("pytorch_lightning.", "lightning.pytorch.", "lightning_fabric.")
-
-
 def _torch():
     """The torch module, or a KvjaxError saying how to install it (an optional extra)."""
     try:
@@ -129,6 +121,14 @@ def _torch():
                          'kvjax: pip install "kvjax[torch]" (or pip install ".[torch]" in a '
                          'clone)') from None
     return torch
+
+
+# Lightning keeps the state of a trainer's callbacks keyed by the callback's class
+# (pytorch_lightning 1.x: {ModelCheckpoint: {...}}, VideoGPT's pinned 1.3.3) and its
+# hyper-parameters in an AttributeDict (a dict subclass): references to classes kvjax must
+# not import, but that carry no code of the file's. Each is admitted as an inert stand-in
+# (an AttributeDict as a plain dict).
+_LIGHTNING = ("pytorch_lightning.", "lightning.pytorch.", "lightning_fabric.")
 
 
 def _lightning_stand_ins(path: str) -> list:

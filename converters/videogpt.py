@@ -29,11 +29,15 @@ from kvjax.errors import KvjaxError
 from kvjax.models import videogpt as model
 
 
+def _n_downsampling_convs(tensors) -> int:
+    return len({m[1] for k in tensors if (m := re.match(r"encoder\.convs\.(\d+)\.", k))})
+
+
 def config(tensors, meta=None) -> dict:
     hp = dict((meta or {}).get("hyper_parameters") or {})
     if "encoder.conv_last.conv.weight" not in tensors:
         return {}
-    n_convs = len({m[1] for k in tensors if (m := re.match(r"encoder\.convs\.(\d+)\.", k))})
+    n_convs = _n_downsampling_convs(tensors)
     blocks = {int(m[1]) for k in tensors if (m := re.match(r"encoder\.res_stack\.(\d+)\.block", k))}
     cfg = {"n_hiddens": int(tensors["encoder.conv_last.conv.weight"].shape[0]),
            "n_res_layers": len(blocks),
@@ -49,7 +53,7 @@ def config(tensors, meta=None) -> dict:
 def require(tensors, meta=None) -> None:
     """Refuse a checkpoint without a recorded downsample (see the module docstring)."""
     hp = (meta or {}).get("hyper_parameters") or {}
-    n_convs = len({m[1] for k in tensors if (m := re.match(r"encoder\.convs\.(\d+)\.", k))})
+    n_convs = _n_downsampling_convs(tensors)
     if "downsample" not in hp and n_convs:
         raise KvjaxError(
             f"this VideoGPT checkpoint does not record its `downsample` (the stride per axis T, "

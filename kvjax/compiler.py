@@ -9,8 +9,9 @@ AMD EPYC dev box, jax 0.10.2 (benchmarks/results/ops-cpu.md has the full tables)
 
     I3D stem conv (s2d) + ReLU, forward + input gradient, 1x32x224x224   0.98 s -> 0.50 s
     I3D up to Mixed_3b, forward + input gradient, 32x224x224           1.88 s -> 1.18 s
-                                (PyTorch 2.13: 1.79 s; the latest ops run: 1.75 -> 1.23 s,
-                                                                        PyTorch 1.75 s)
+                                                                      (PyTorch 2.13: 1.79 s)
+    the same, the latest benchmarks/ops.py run                         1.75 s -> 1.23 s
+                                                                      (PyTorch 2.13: 1.75 s)
     3x3 conv 192->192 on 16x56x56, forward then sum                    0.30 s -> 0.18 s
     2048x2048 float32 matmul                                           0.09 s -> 0.08 s
 

@@ -260,9 +260,10 @@ def global_velocity(video, refine: bool = True):
     1 px/frame), so a few damped Gauss-Newton steps on the frame-to-frame residual refine it;
     for one-dimensional content only the normal velocity is kept (`_observable_projector`).
     Pure JAX, vmappable. Changes of brightness or contrast are not motion: every frame is
-    brought to mean 0 and mean square 1 first. Returns zeros where no translation explains the frames: T == 1, frames without
-    spatial structure (their spatial variance below 1e-6 of the clip's), or frames whose
-    correlation surface is dominated by contrast reversal (`_correlation_peak`).
+    brought to mean 0 and mean square 1 first. Returns zeros where no translation explains
+    the frames: T == 1, frames without spatial structure (their spatial variance below 1e-6
+    of the clip's), or frames whose correlation surface is dominated by contrast reversal
+    (`_correlation_peak`).
     """
     t, h, w, _ = video.shape
     if t < 2:

@@ -207,10 +207,10 @@ class VideoModel:
         size = tuple(input_size or self.input_size)
         if size == self.input_size:
             return info
-        for small in self.layers(size):
+        reached = self.layers(size)
+        for small in reached:
             if small.name == layer:
                 return small
-        reached = self.layers(size)
         deepest = (f"the deepest it reaches is {reached[-1].name}" if reached else
                    "it reaches no layer")
         raise KvjaxError(f"layer {layer!r} is out of reach of a model input of "
