@@ -290,6 +290,14 @@ def channel_index(channel, n: int) -> jax.Array:
     return jnp.asarray(int(value) % n, jnp.int32)
 
 
+def channel_slice(x: jax.Array, channel) -> jax.Array:
+    """x f32[..., C] -> its channel `channel` as f32[..., 1] (read as `channel_index` reads it);
+    x itself when channel is None."""
+    if channel is None:
+        return x
+    return lax.dynamic_slice_in_dim(x, channel_index(channel, x.shape[-1]), 1, x.ndim - 1)
+
+
 def _pick(y: jax.Array, index: jax.Array) -> jax.Array:
     """y[b, ..., index[b]] kept as a length-1 last axis: f32[B, ..., 1]."""
     index = index.reshape((-1,) + (1,) * (y.ndim - 1))

@@ -1,6 +1,6 @@
 """`features(video, channel=k)` on every built-in architecture (random weights): the layer's
-channel k, computed alone where the model can (its first convolutions), sliced from the
-whole layer elsewhere; values and stage 1's vmapped input gradients equal the whole layer's.
+channel k, computed alone where the model can (convolution layers, residual blocks with
+either shortcut, pools), sliced from the whole layer elsewhere; values and stage 1's vmapped input gradients equal the whole layer's.
 (I3D's layers, Inception blocks included, are checked on the pretrained weights in
 test_i3d.py.)"""
 import jax
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kvjax.models import c3d, pytorch_i3d, slowfast_i3d, video_resnet, videogpt
+from kvjax.models import c3d, flownets, pytorch_i3d, slowfast_i3d, video_resnet, videogpt
 from kvjax.models.base import Taps, VideoModel
 
 SIZE = (8, 24, 24)  # what the features functions feed the networks (up to the layer)
@@ -17,14 +17,18 @@ SIZE = (8, 24, 24)  # what the features functions feed the networks (up to the l
 # one channel, then one it slices from the whole layer.
 CASES = [
     ("c3d", lambda: c3d.make_net(), c3d.INPUT_SIZE, ["conv1", "conv2/conv"], ["pool1"]),
+    # block outputs with a downsampling shortcut (layer2/0, s2/res0) and an identity one as
+    # a stage's output (layer1 = layer1/1's, s2/pool = the pool of s2/res2's)
     ("r3d_18", lambda: video_resnet.make_net("r3d_18"), video_resnet.INPUT_SIZE,
-     ["stem"], ["layer1/0"]),
+     ["stem", "layer1", "layer2/0"], []),
     ("r2plus1d_18", lambda: video_resnet.make_net("r2plus1d_18"), video_resnet.INPUT_SIZE,
-     ["stem/mid", "stem/conv"], []),
+     ["stem/mid", "layer1/0/conv1/spatial", "layer1/0"], []),
     ("slowfast-i3d-r50", lambda: slowfast_i3d.make_net(), slowfast_i3d.INPUT_SIZE,
-     ["s1/relu"], ["s1"]),
+     ["s1", "s2/res0", "s2/pool"], []),
     ("videogpt-vqvae", lambda: videogpt.make_net(n_hiddens=32, n_res_layers=1), None,
      ["convs/0/conv"], ["conv_last"]),
+    ("flownets", lambda: flownets.make_net(), (2, 64, 64), ["conv1/conv", "conv2"], []),
+    ("flownets-bn", lambda: flownets.make_net(batch_norm=True), (2, 64, 64), ["conv1"], []),
     ("pytorch-i3d", lambda: pytorch_i3d.make_net(), pytorch_i3d.INPUT_SIZE,
      ["Conv3d_1a_7x7"], []),
 ]
@@ -105,3 +109,18 @@ def test_flownets_with_one_frame_reaches_no_layer():
     assert model.layers((1, 64, 64)) == []
     with pytest.raises(KvjaxError, match="out of reach of a model input of 1x64x64.*no layer"):
         model.check_layer("conv1", (1, 64, 64))
+
+
+def test_flownets_deconvolution_one_channel_equals_the_whole_layers():
+    """FlowNetS's deconvolutions (deconv5 ... deconv2, whose layers sit behind conv6_1, too
+    deep for the network test above) compute one output channel alone: values and input
+    gradients equal the whole layer's channel."""
+    deconv = flownets.ConvTranspose2d(6, 5, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((1, 2, 5, 7, 6)), jnp.float32)
+    full = deconv(x)
+    assert full.shape == (1, 2, 10, 14, 5)
+    for k in (0, 2, 4):
+        np.testing.assert_allclose(deconv(x, jnp.int32(k)), full[..., k:k + 1], atol=1e-5)
+        g_one = jax.grad(lambda x: jnp.sum(deconv(x, jnp.int32(k)) ** 2))(x)
+        g_full = jax.grad(lambda x: jnp.sum(deconv(x)[..., k] ** 2))(x)
+        np.testing.assert_allclose(g_one, g_full, atol=1e-4)

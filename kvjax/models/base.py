@@ -80,10 +80,7 @@ def run_until(net: nnx.Module, x: jax.Array, layer: str, channel=None) -> jax.Ar
     try:
         net(x, taps)
     except _Reached as r:
-        if channel is None or taps.sliced:
-            return r.value
-        index = ops.channel_index(channel, r.value.shape[-1])
-        return jax.lax.dynamic_slice_in_dim(r.value, index, 1, -1)
+        return r.value if taps.sliced else ops.channel_slice(r.value, channel)
     raise KeyError(layer)
 
 

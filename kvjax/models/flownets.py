@@ -19,7 +19,9 @@ as FlowNetPytorch's `run_inference.py` does (x / 255 - mean). Default input 2 x 
 (FlyingChairs frames); H and W must be multiples of 64 for the decoder to align without crops.
 
 Exposed layers: `conv1/conv` (PRE), `conv1` (LeakyReLU, POST), ..., `conv6_1`; `flow6` ...
-`flow2` (PRE, predicted flow), `deconv5` ... `deconv2` (POST).
+`flow2` (PRE, predicted flow), `deconv5` ... `deconv2` (POST). Asked for one channel (stage
+1's readout), the encoder's layers and the deconvs are computed as that channel alone; the
+two-channel flows are sliced.
 """
 from __future__ import annotations
 
@@ -62,10 +64,15 @@ class Conv2d(nnx.Module):
         self.stride = (1, stride, stride)
         self.pad = (k - 1) // 2
 
-    def __call__(self, x):
+    def __call__(self, x, channel=None):
+        """With `channel` (an int, may be traced) only that output channel, f32[..., 1]."""
         p = self.pad
-        y = ops.conv3d(x, self.kernel[...], self.stride, ((0, 0), (p, p), (p, p)))
-        return y if self.bias is None else y + self.bias[...].reshape(1, 1, 1, 1, -1)
+        pads = ((0, 0), (p, p), (p, p))
+        y = ops.conv3d(x, self.kernel[...], self.stride, pads) if channel is None else \
+            ops.conv3d_channel(x, self.kernel[...], channel, self.stride, pads)
+        if self.bias is None:
+            return y
+        return y + ops.channel_slice(self.bias[...], channel).reshape(1, 1, 1, 1, -1)
 
 
 class ConvTranspose2d(nnx.Module):
@@ -78,10 +85,13 @@ class ConvTranspose2d(nnx.Module):
     def __init__(self, cin, cout, *, rngs):
         self.kernel = _init(rngs, (1, 4, 4, cin, cout))
 
-    def __call__(self, x):
+    def __call__(self, x, channel=None):
+        """With `channel` (an int, may be traced) only that output channel, f32[..., 1]."""
         z = jnp.zeros((), x.dtype)
         x = lax.pad(x, z, ((0, 0, 0), (0, 0, 0), (2, 2, 1), (2, 2, 1), (0, 0, 0)))
-        return ops.conv3d(x, self.kernel[...], (1, 1, 1), "VALID")
+        if channel is None:
+            return ops.conv3d(x, self.kernel[...], (1, 1, 1), "VALID")
+        return ops.conv3d_channel(x, self.kernel[...], channel, (1, 1, 1), "VALID")
 
 
 def _crop_like(x, target):
@@ -114,16 +124,18 @@ class FlowNetS(nnx.Module):
         x = jnp.concatenate([x[:, :-1], x[:, 1:]], axis=-1)  # pairs (t, t+1): 6 channels
         outs = {}
         for name, *_ in ENCODER:
-            x = taps(f"{name}/conv", getattr(self, name)(x), PRE)
+            k = taps.channel_of(f"{name}/conv", name)  # one channel alone, when asked
+            x = taps(f"{name}/conv", getattr(self, name)(x, k), PRE)
             if self.batch_norm:
-                x = getattr(self, f"{name}_bn")(x)
+                x = getattr(self, f"{name}_bn")(x, k)
             x = outs[name] = taps(name, leaky(x), POST)
         flow = taps("flow6", self.predict_flow6(x), PRE)
         for level, (skip, *_) in DECODER.items():
             target = outs[skip]
             flow_up = _crop_like(getattr(self, f"upsampled_flow{level + 1}_to_{level}")(flow), target)
-            x = taps(f"deconv{level}", _crop_like(leaky(getattr(self, f"deconv{level}")(x)), target),
-                     POST)
+            k = taps.channel_of(f"deconv{level}")
+            x = taps(f"deconv{level}",
+                     _crop_like(leaky(getattr(self, f"deconv{level}")(x, k)), target), POST)
             x = jnp.concatenate([target, x, flow_up], axis=-1)
             flow = taps(f"flow{level}", getattr(self, f"predict_flow{level}")(x), PRE)
         return flow

@@ -24,6 +24,10 @@ Exposed layers: `s1/conv` (PRE), `s1/relu` (POST), `s1` (after the stem pool); p
 `s3/res0` (block output, POST); stage outputs `s2` ... `s5`; `s2/pool`; `head` (the
 projection at every pooled position, pre-softmax, PRE). In eval mode PySlowFast's head applies
 a softmax and averages positions; kvjax exposes the logits before that.
+
+Asked for one channel (stage 1's readout, `features(video, channel=k)`), every layer above but
+`head` is computed as that channel alone (pools act per channel; a block's output adds the
+shortcut's one channel).
 """
 from __future__ import annotations
 
@@ -71,13 +75,22 @@ class Bottleneck(nnx.Module):
         else:
             self.branch1 = self.branch1_bn = None
 
-    def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
-        y = taps(f"{name}/a/conv", self.a(x), PRE)
-        y = taps(f"{name}/a", relu(self.a_bn(y)), POST)
-        y = taps(f"{name}/b/conv", self.b(y), PRE)
-        y = taps(f"{name}/b", relu(self.b_bn(y)), POST)
-        y = self.c_bn(taps(f"{name}/c/conv", self.c(y), PRE))
-        res = x if self.branch1 is None else self.branch1_bn(self.branch1(x))
+    def __call__(self, x: jax.Array, taps: Taps, name: str,
+                 also: tuple[str, ...] = ()) -> jax.Array:
+        """f32[N,T,H,W,Cin] -> f32[N,T,H',W',Cout]. When `taps` stops at one of the block's
+        layers (or at a name in `also`, which reports the block's output) with a channel, that
+        layer is computed as the one channel alone, f32[..., 1]: for the output, c's channel
+        plus the shortcut's (branch1's one channel, or the input's)."""
+        k = taps.channel_of(f"{name}/a/conv", f"{name}/a")
+        y = taps(f"{name}/a/conv", self.a(x, k), PRE)
+        y = taps(f"{name}/a", relu(self.a_bn(y, k)), POST)
+        k = taps.channel_of(f"{name}/b/conv", f"{name}/b")
+        y = taps(f"{name}/b/conv", self.b(y, k), PRE)
+        y = taps(f"{name}/b", relu(self.b_bn(y, k)), POST)
+        k = taps.channel_of(f"{name}/c/conv", name, *also)
+        y = self.c_bn(taps(f"{name}/c/conv", self.c(y, k), PRE), k)
+        res = ops.channel_slice(x, k) if self.branch1 is None else \
+            self.branch1_bn(self.branch1(x, k), k)
         return taps(name, relu(res + y), POST)
 
 
@@ -97,13 +110,14 @@ class SlowFastI3dR50(nnx.Module):
 
     def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
         taps = taps if taps is not None else Taps()
-        k = taps.channel_of("s1/relu", "s1/conv")  # one channel alone, when asked
+        k = taps.channel_of("s1/relu", "s1/conv", "s1")  # one channel alone, when asked
         x = taps("s1/conv", self.s1_conv(x, k), PRE)
         x = taps("s1/relu", relu(self.s1_bn(x, k)), POST)
         x = taps("s1", ops.max_pool3d(x, (1, 3, 3), (1, 2, 2), _pads(0, 1, 1)), POST)
         for stage, (blocks, *_rest) in STAGES.items():
             for i in range(blocks):
-                x = getattr(self, f"{stage}_res{i}")(x, taps, f"{stage}/res{i}")
+                last = () if i < blocks - 1 else (stage, "s2/pool") if stage == "s2" else (stage,)
+                x = getattr(self, f"{stage}_res{i}")(x, taps, f"{stage}/res{i}", last)
             x = taps(stage, x, POST)
             if stage == "s2":
                 x = taps("s2/pool", ops.max_pool3d(x, (2, 1, 1), (2, 1, 1), "VALID"), POST)

@@ -21,6 +21,11 @@ Exposed layers (every one in forward order): `stem/conv` (PRE) and `stem` (POST)
 (PRE), `layer2/0` (block output after the residual sum and ReLU), and `layer2` (the stage's
 output); for (2+1)D convs also `.../spatial` (raw spatial conv, PRE) and `.../mid` (after its
 BN + ReLU). `avgpool` f32[N,1,1,1,512] and `fc` (logits, PRE).
+
+Asked for one channel (stage 1's readout, `features(video, channel=k)`), every layer above
+up to `layer4` is computed as that channel alone: its last convolution gives one output
+channel, and a block's output adds the shortcut's one channel (the downsampling conv's, or the
+input's). `avgpool` and `fc` are sliced from the whole layer.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kvjax import ops
 from kvjax.models import converted
 from kvjax.models.base import POST, PRE, Taps, VideoModel
 from kvjax.models.relu import relu
@@ -67,8 +73,9 @@ class Conv3x3(nnx.Module):
             ((1, 3, 3), (1, stride, stride), (0, 1, 1))
         self.conv = _conv(cin, cout, k, st, p, rngs)
 
-    def __call__(self, x, taps, name):
-        return self.conv(x)
+    def __call__(self, x, taps, name, channel=None):
+        """f32[N,T,H,W,Cin] -> f32[N,T',H',W',Cout], or only output `channel`, f32[..., 1]."""
+        return self.conv(x, channel)
 
 
 class Conv2Plus1D(nnx.Module):
@@ -79,10 +86,13 @@ class Conv2Plus1D(nnx.Module):
         self.bn = BatchNorm(mid, eps=BN_EPS)
         self.temporal = _conv(mid, cout, (3, 1, 1), (stride, 1, 1), (1, 0, 0), rngs)
 
-    def __call__(self, x, taps, name):
-        x = taps(f"{name}/spatial", self.spatial(x), PRE)
-        x = taps(f"{name}/mid", relu(self.bn(x)), POST)
-        return self.temporal(x)
+    def __call__(self, x, taps, name, channel=None):
+        """f32[N,T,H,W,Cin] -> f32[N,T',H',W',Cout], or only output `channel`, f32[..., 1];
+        the inner layers also one channel alone when `taps` stops at one of them."""
+        k = taps.channel_of(f"{name}/spatial", f"{name}/mid")
+        x = taps(f"{name}/spatial", self.spatial(x, k), PRE)
+        x = taps(f"{name}/mid", relu(self.bn(x, k)), POST)
+        return self.temporal(x, channel)
 
 
 def _builder(kind: str):
@@ -110,12 +120,20 @@ class BasicBlock(nnx.Module):
         else:
             self.downsample = self.downsample_bn = None
 
-    def __call__(self, x, taps: Taps, name: str):
-        y = taps(f"{name}/conv1/conv", self.conv1(x, taps, f"{name}/conv1"), PRE)
-        y = taps(f"{name}/conv1", relu(self.bn1(y)), POST)
-        y = taps(f"{name}/conv2/conv", self.conv2(y, taps, f"{name}/conv2"), PRE)
-        res = x if self.downsample is None else self.downsample_bn(self.downsample(x))
-        return taps(name, relu(self.bn2(y) + res), POST)
+    def __call__(self, x, taps: Taps, name: str, also: tuple[str, ...] = ()):
+        """f32[N,T,H,W,Cin] -> f32[N,T',H',W',planes]. When `taps` stops at one of the block's
+        layers (or at a name in `also`, which reports the block's output: the stage's) with a
+        channel, that layer is computed as the one channel alone, f32[..., 1]: for the output,
+        conv2's channel plus the shortcut's (the downsampling conv's one channel, or the
+        input's channel)."""
+        k = taps.channel_of(f"{name}/conv1/conv", f"{name}/conv1")
+        y = taps(f"{name}/conv1/conv", self.conv1(x, taps, f"{name}/conv1", k), PRE)
+        y = taps(f"{name}/conv1", relu(self.bn1(y, k)), POST)
+        k = taps.channel_of(f"{name}/conv2/conv", name, *also)
+        y = taps(f"{name}/conv2/conv", self.conv2(y, taps, f"{name}/conv2", k), PRE)
+        res = ops.channel_slice(x, k) if self.downsample is None else \
+            self.downsample_bn(self.downsample(x, k), k)
+        return taps(name, relu(self.bn2(y, k) + res), POST)
 
 
 class VideoResNet(nnx.Module):
@@ -153,7 +171,8 @@ class VideoResNet(nnx.Module):
         x = taps("stem", relu(self.stem_bn(x, k)), POST)
         for i in range(1, len(STAGES) + 1):
             for j in range(BLOCKS):
-                x = getattr(self, f"layer{i}_{j}")(x, taps, f"layer{i}/{j}")
+                last = (f"layer{i}",) if j == BLOCKS - 1 else ()  # the stage's output
+                x = getattr(self, f"layer{i}_{j}")(x, taps, f"layer{i}/{j}", last)
             x = taps(f"layer{i}", x, POST)
         x = taps("avgpool", jnp.mean(x, axis=(1, 2, 3), keepdims=True), POST)
         return taps("fc", self.fc(x.reshape(x.shape[0], -1)), PRE)
