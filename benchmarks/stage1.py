@@ -153,7 +153,7 @@ def vmapped_programs(config: stage1.Stage1Config):
 
 
 def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
-           key=jax.random.key(0), kernel_targets=None) -> list[dict]:
+           key=jax.random.key(0), kernel_targets=None, relu_grad="redirect") -> list[dict]:
     """Objective (no transform) of kernels 0..k-1 every `every` steps for each (label, config)
     of `configs`, with the wall time of the steps (compile and measurement excluded, compile
     time recorded apart). With `target`, a run stops once the kernels' mean objective reaches
@@ -163,8 +163,9 @@ def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
     every kernel has (`time_to_all_targets_s`) or `max_steps`. Uses only stage 1's public pure
     functions (init, step, measure), vmapped over kernels and compiled here with kvjax.jit,
     one step per call, so a measurement can follow any step (stage1.optimize runs up to four
-    unrolled steps per program on CPU, stage1._plan: ~10% less per step at the paper preset)."""
-    f = model.features(layer, input_size=input_size)
+    unrolled steps per program on CPU, stage1._plan: ~10% less per step at the paper preset).
+    relu_grad: the network's ReLU gradient (model.features; "exact" is the paper preset's)."""
+    f = model.features(layer, input_size=input_size, relu_grad=relu_grad)
     ks = jnp.arange(k)
     rows = []
     for label, cfg in configs:
@@ -177,7 +178,8 @@ def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
         act = np.asarray(measure(f, states.params, ks))
         row = {"label": label, "layer": layer, "param": cfg.param, "lr": cfg.lr,
                "spectral_decay": cfg.spectral_decay, "size": cfg.size, "transform":
-               repr(cfg.transform), "K": k, "model_input": input_size, "compile_s": compile_s,
+               repr(cfg.transform), "K": k, "model_input": input_size, "relu_grad": relu_grad,
+               "compile_s": compile_s,
                "steps": [0], "seconds": [0.0], "activation": [float(act.mean())],
                "per_kernel": [act.tolist()], "target": target}
         elapsed = 0.0
@@ -204,6 +206,8 @@ def curves(model, layer, k, input_size, configs, every, max_steps, target=None,
                         hit[i], hit_s[i] = n, compile_s + elapsed
                 if all(h is not None for h in hit):
                     row["time_to_all_targets_s"] = compile_s + elapsed
+            if target is None and kernel_targets is None:
+                continue  # no target: run all max_steps
             done_mean = target is None or "time_to_target_s" in row
             if done_mean and (kernel_targets is None or "time_to_all_targets_s" in row):
                 break
@@ -281,6 +285,8 @@ def main(argv=None):
                    help="steps per configuration (the first program's are not timed)")
     p.add_argument("--layer", default="Mixed_3b", help="layer for `converge`")
     p.add_argument("--converge-steps", type=int, default=200)
+    p.add_argument("--relu-grad", choices=["redirect", "exact"], default="redirect",
+                   help="`converge`: the network's ReLU gradient (exact: the paper preset's)")
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--params", default="pixel:0.05,spectral:0.05:1.0",
                    help="for `converge`/`quality`: param:lr[:spectral_decay] or fast, ...")
@@ -320,7 +326,7 @@ def main(argv=None):
     if args.mode in ("converge", "all"):
         out["convergence"] = curves(model, args.layer, 8, input_size,
                                     _param_configs(args.params, args.size), args.every,
-                                    args.converge_steps)
+                                    args.converge_steps, relu_grad=args.relu_grad)
     if args.mode == "quality":
         with open(args.reference) as f:
             ref = json.load(f)
@@ -336,7 +342,33 @@ def main(argv=None):
                                 args.every, args.max_steps, target=target,
                                 kernel_targets=[r["activation"][-1] for r in rows])
     out["machine"]["loadavg_end"] = os.getloadavg()
-    save_results(out, f"stage1_{args.mode}", RESULTS)
+    path = save_results(out, f"stage1_{args.mode}", RESULTS)
+    if "convergence" in out:
+        plot_curves(out["convergence"], path[:-len(".json")] + ".png")
+
+
+def plot_curves(rows: list[dict], path: str) -> None:
+    """The rows' mean objective (no transform) against the seconds of steps (compilation
+    excluded, as in the JSON), one line per setting, written to `path` (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for row in rows:
+        label = f"{row['param']}, lr {row['lr']:g}" + (
+            f", decay {row['spectral_decay']:g}" if row["param"] == "spectral" else "")
+        ax.plot(row["seconds"], row["activation"], marker=".", label=label)
+    r = rows[0]
+    ax.set_xlabel("seconds of optimisation steps (compilation excluded)")
+    ax.set_ylabel(f"mean objective of {r['K']} kernels, no transform")
+    ax.set_title(f"{r['layer']}, video {'x'.join(map(str, r['size']))}, model input "
+                 f"{'x'.join(map(str, r['model_input']))}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print("wrote", path, flush=True)
 
 
 if __name__ == "__main__":
