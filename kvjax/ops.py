@@ -271,11 +271,13 @@ def conv3d_channel(x: jax.Array, w: jax.Array, channel, strides: Sequence[int] =
     return _channel_conv(strides, pads)(x, w, channel_index(channel, w.shape[-1]))
 
 
-def channel_index(channel, n: int) -> jax.Array:
+def channel_index(channel, n: int) -> jax.Array | np.int32:
     """`channel` as an int32 index into n channels, the way indexing reads it: negative counts
-    from the end. A concrete index must lie in [-n, n) (else ValueError); a traced one must
-    have an integer dtype and is wrapped, then clamped into [0, n), as jnp indexing clamps
-    traced indices (so every path that reads one channel agrees on every input)."""
+    from the end. A concrete index must lie in [-n, n) (else ValueError) and comes back as a
+    numpy int32, concrete even inside a trace (a model may then compute less: I3D's Inception
+    block runs only that channel's branch); a traced one must have an integer dtype and is
+    wrapped, then clamped into [0, n), as jnp indexing clamps traced indices (so every path
+    that reads one channel agrees on every input)."""
     if isinstance(channel, jax.core.Tracer):
         if not jnp.issubdtype(channel.dtype, jnp.integer):
             raise TypeError(f"a channel index must be an integer; got dtype {channel.dtype}")
@@ -287,7 +289,7 @@ def channel_index(channel, n: int) -> jax.Array:
     if not -n <= int(value) < n:
         raise ValueError(f"channel {int(value)} is out of range: there are {n} channels "
                          f"(0-{n - 1}, or -{n} to -1 from the end)")
-    return jnp.asarray(int(value) % n, jnp.int32)
+    return np.int32(int(value) % n)
 
 
 def channel_slice(x: jax.Array, channel) -> jax.Array:

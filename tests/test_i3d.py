@@ -156,6 +156,35 @@ def test_one_channel_readout_skips_the_other_channels(i3d):
     assert flops(lambda v: f(v, channel=5)) < flops(f) / 20
 
 
+def test_a_known_channel_runs_only_its_inception_branch(i3d):
+    # A Python int channel (known when tracing) computes its own branch alone: the right
+    # values in each of Mixed_3b's four branches, and fewer convolutions than a traced one.
+    size = (8, 32, 32)
+    f = i3d.features("Mixed_3b", input_size=size)
+    video = jnp.asarray(np.random.default_rng(3).uniform(0, 1, (*size, 3)), jnp.float32)
+    full = jax.jit(f)(video)
+    for k in (5, 64 + 100, 192 + 31, 224 + 7):  # one channel in each branch
+        _close(jax.jit(lambda v, k=k: f(v, channel=k))(video), full[..., k:k + 1], k)
+
+    def convs(fn, *args):
+        eqns = jax.make_jaxpr(fn)(video, *args).jaxpr.eqns
+        return sum(_count_convs(e) for e in eqns)
+    known = convs(lambda v: f(v, channel=5))
+    traced = convs(lambda v, k: f(v, channel=k), jnp.int32(5))
+    assert 0 < known < traced
+
+
+def _count_convs(eqn) -> int:
+    """Convolutions and matmuls in one jaxpr equation, nested jaxprs included."""
+    n = int(eqn.primitive.name in ("conv_general_dilated", "dot_general"))
+    for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else [value]:
+            inner = getattr(sub, "jaxpr", sub)
+            if hasattr(inner, "eqns"):
+                n += sum(_count_convs(e) for e in inner.eqns)
+    return n
+
+
 def test_one_channel_readout_redirects_dead_kernels_the_same(i3d):
     # Stage 1 starts from a near-grey video, where some kernels are dead (ReLU negative
     # everywhere) and the redirected ReLU gradient (kvjax.models.relu) takes over. With the

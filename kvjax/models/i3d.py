@@ -124,7 +124,7 @@ class InceptionModule(nnx.Module):
         when `taps` asks for one channel k of the output, f32[..., 1]: each branch's last
         unit computes only its candidate channel (k less the channels before that branch,
         clipped into range) and k's own branch is selected (under vmap over k every branch
-        runs, each with one output channel)."""
+        runs, each with one output channel; a k known when tracing runs its branch alone)."""
         k = taps.channel_of(name)
         ends = np.cumsum(self.widths)
         if k is not None:
@@ -136,10 +136,14 @@ class InceptionModule(nnx.Module):
                 jnp.clip(k - starts[last], 0, ends[last] - starts[last] - 1)
             return getattr(self, _attr(_BRANCHES[i]))(inp, taps, f"{name}/{_BRANCHES[i]}",
                                                        channel)
-        b0 = unit(0, x, last=0)
-        b1 = unit(2, unit(1, x), last=1)
-        b2 = unit(4, unit(3, x), last=2)
-        b3 = unit(5, max_pool_same(x, (3, 3, 3), (1, 1, 1), self.zero_pad_pools), last=3)
+        branches = (lambda: unit(0, x, last=0), lambda: unit(2, unit(1, x), last=1),
+                    lambda: unit(4, unit(3, x), last=2),
+                    lambda: unit(5, max_pool_same(x, (3, 3, 3), (1, 1, 1),
+                                                  self.zero_pad_pools), last=3))
+        if k is not None and not isinstance(k, jax.core.Tracer):  # known: its branch alone
+            return taps(name, branches[int(np.searchsorted(ends, int(k), side="right"))](),
+                        POST)
+        b0, b1, b2, b3 = (branch() for branch in branches)
         if k is None:
             return taps(name, jnp.concatenate([b0, b1, b2, b3], axis=-1), POST)
         branch = jnp.searchsorted(jnp.asarray(ends), k, side="right")
