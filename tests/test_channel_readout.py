@@ -1,6 +1,7 @@
 """`features(video, channel=k)` on every built-in architecture (random weights): the layer's
 channel k, computed alone where the model can (convolution layers, residual blocks with
-either shortcut, pools), sliced from the whole layer elsewhere; values and stage 1's vmapped input gradients equal the whole layer's.
+either shortcut, pools), sliced from the whole layer elsewhere; values and stage 1's vmapped
+input gradients equal the whole layer's.
 (I3D's layers, Inception blocks included, are checked on the pretrained weights in
 test_i3d.py.)"""
 import jax
@@ -26,7 +27,7 @@ CASES = [
     ("slowfast-i3d-r50", lambda: slowfast_i3d.make_net(), slowfast_i3d.INPUT_SIZE,
      ["s1", "s2/res0", "s2/pool"], []),
     ("videogpt-vqvae", lambda: videogpt.make_net(n_hiddens=32, n_res_layers=1), None,
-     ["convs/0/conv"], ["conv_last"]),
+     ["convs/0/conv", "conv_last", "res0/conv3", "res0/conv1/conv", "pre_vq_conv"], ["res0"]),
     ("flownets", lambda: flownets.make_net(), (2, 64, 64), ["conv1/conv", "conv2"], []),
     ("flownets-bn", lambda: flownets.make_net(batch_norm=True), (2, 64, 64), ["conv1"], []),
     ("pytorch-i3d", lambda: pytorch_i3d.make_net(), pytorch_i3d.INPUT_SIZE,

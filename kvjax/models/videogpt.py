@@ -23,7 +23,9 @@ Exposed layers: `convs/0/conv` (PRE), `convs/0` (ReLU, POST), ..., `conv_last` (
 per block `res0/conv3/conv` (PRE), `res0/conv3` (BN + ReLU, POST), `res0/conv1/conv`,
 `res0/conv1`, `res0/attn` (the axial attention sum, PRE), `res0` (block output x + y, no
 nonlinearity: PRE);
-`res_stack` (final BN + ReLU, POST); `pre_vq_conv` (the latent, PRE).
+`res_stack` (final BN + ReLU, POST); `pre_vq_conv` (the latent, PRE). Asked for one channel
+(stage 1's readout), every convolution's layers are computed as that channel alone; the
+attention, the residual sums and `res_stack` are sliced from the whole layer.
 """
 from __future__ import annotations
 
@@ -102,10 +104,14 @@ class AttentionResidualBlock(nnx.Module):
         self.attn_t = AxialAttention(c, 1, rngs=rngs)
 
     def __call__(self, x: jax.Array, taps: Taps, name: str) -> jax.Array:
-        y = taps(f"{name}/conv3/conv", self.conv3(relu(self.bn0(x))), PRE)
-        y = taps(f"{name}/conv3", relu(self.bn1(y)), POST)
-        y = taps(f"{name}/conv1/conv", self.conv1(y), PRE)
-        y = taps(f"{name}/conv1", relu(self.bn2(y)), POST)
+        """f32[N,T,H,W,C] -> the same; the convolutions' layers one channel alone when `taps`
+        stops at one of them with a channel (the attention mixes channels: sliced)."""
+        k = taps.channel_of(f"{name}/conv3/conv", f"{name}/conv3")
+        y = taps(f"{name}/conv3/conv", self.conv3(relu(self.bn0(x)), k), PRE)
+        y = taps(f"{name}/conv3", relu(self.bn1(y, k)), POST)
+        k = taps.channel_of(f"{name}/conv1/conv", f"{name}/conv1")
+        y = taps(f"{name}/conv1/conv", self.conv1(y, k), PRE)
+        y = taps(f"{name}/conv1", relu(self.bn2(y, k)), POST)
         y = taps(f"{name}/attn", self.attn_w(y) + self.attn_h(y) + self.attn_t(y), PRE)
         return taps(name, x + y, PRE)  # a residual sum: no nonlinearity until the next block
 
@@ -133,11 +139,11 @@ class VQVAEEncoder(nnx.Module):
             k = taps.channel_of(f"convs/{i}", f"convs/{i}/conv")  # one channel alone, when asked
             x = taps(f"convs/{i}/conv", getattr(self, f"convs_{i}")(x, k), PRE)
             x = taps(f"convs/{i}", relu(x), POST)
-        x = taps("conv_last", self.conv_last(x), PRE)
+        x = taps("conv_last", self.conv_last(x, taps.channel_of("conv_last")), PRE)
         for i in range(self.n_res_layers):
             x = getattr(self, f"res_{i}")(x, taps, f"res{i}")
         x = taps("res_stack", relu(self.res_bn(x)), POST)
-        return taps("pre_vq_conv", self.pre_vq_conv(x), PRE)
+        return taps("pre_vq_conv", self.pre_vq_conv(x, taps.channel_of("pre_vq_conv")), PRE)
 
 
 def make_net(n_hiddens: int = DEFAULTS["n_hiddens"], n_res_layers: int = DEFAULTS["n_res_layers"],
