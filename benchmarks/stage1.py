@@ -355,14 +355,16 @@ def plot_curves(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for row in rows:
-        label = f"{row['param']}, lr {row['lr']:g}" + (
-            f", decay {row['spectral_decay']:g}" if row["param"] == "spectral" else "")
+        label = row["label"] if "=" in row["label"] else (  # a preset with overrides: as given
+            f"{row['param']}, lr {row['lr']:g}"
+            + (f", decay {row['spectral_decay']:g}" if row["param"] == "spectral" else ""))
         ax.plot(row["seconds"], row["activation"], marker=".", label=label)
     r = rows[0]
     ax.set_xlabel("seconds of optimisation steps (compilation excluded)")
     ax.set_ylabel(f"mean objective of {r['K']} kernels, no transform")
     ax.set_title(f"{r['layer']}, video {'x'.join(map(str, r['size']))}, model input "
-                 f"{'x'.join(map(str, r['model_input']))}", fontsize=9)
+                 f"{'x'.join(map(str, r['model_input']))}, {r.get('relu_grad', 'redirect')} "
+                 f"ReLU gradient", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

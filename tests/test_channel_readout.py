@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from kvjax.models import c3d, flownets, pytorch_i3d, slowfast_i3d, video_resnet, videogpt
-from kvjax.models.base import Taps, VideoModel
+from kvjax.models.base import Taps, VideoModel, run_until
 
 SIZE = (8, 24, 24)  # what the features functions feed the networks (up to the layer)
 # (name, net builder, the model's own input size, layers): the layers each model computes as
@@ -21,11 +21,11 @@ CASES = [
     # block outputs with a downsampling shortcut (layer2/0, s2/res0) and an identity one as
     # a stage's output (layer1 = layer1/1's, s2/pool = the pool of s2/res2's)
     ("r3d_18", lambda: video_resnet.make_net("r3d_18"), video_resnet.INPUT_SIZE,
-     ["stem", "layer1", "layer2/0"], []),
+     ["stem", "layer1/0/conv1", "layer1", "layer2/0"], []),
     ("r2plus1d_18", lambda: video_resnet.make_net("r2plus1d_18"), video_resnet.INPUT_SIZE,
-     ["stem/mid", "layer1/0/conv1/spatial", "layer1/0"], []),
+     ["stem/mid", "layer1/0/conv1/spatial", "layer2/0"], []),
     ("slowfast-i3d-r50", lambda: slowfast_i3d.make_net(), slowfast_i3d.INPUT_SIZE,
-     ["s1", "s2/res0", "s2/pool"], []),
+     ["s1", "s2/res0/a", "s2/res0/b/conv", "s2/res0", "s2/pool"], []),
     ("videogpt-vqvae", lambda: videogpt.make_net(n_hiddens=32, n_res_layers=1), None,
      ["convs/0/conv", "conv_last", "res0/conv3", "res0/conv1/conv", "pre_vq_conv"], ["res0"]),
     ("flownets", lambda: flownets.make_net(), (2, 64, 64), ["conv1/conv", "conv2"], []),
@@ -84,6 +84,15 @@ def test_one_channel_equals_the_layers_channel(name, make, input_size, alone, sl
         scale = float(jnp.abs(g_full).max()) + 1e-12
         np.testing.assert_allclose(g_one, g_full, rtol=0, atol=1e-4 * scale,
                                    err_msg=f"{layer} gradient")
+    if alone:  # a concrete channel, negative, straight to the network (no features() to
+        # normalise it): counted from the end everywhere (convolution, BatchNorm, bias)
+        graphdef, state = nnx.split(net)
+        run = jax.jit(lambda s, x, c: run_until(nnx.merge(graphdef, s), x, alone[-1], c),
+                      static_argnums=2)
+        x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (1, *SIZE, 3)), jnp.float32)
+        want = run(state, x, None)[..., -1:]
+        np.testing.assert_allclose(run(state, x, -1), want, rtol=0,
+                                   atol=1e-4 * (float(jnp.abs(want).max()) + 1e-6))
 
 
 def test_videogpt_post_activation_layers_are_non_negative_and_residual_sums_are_pre():
@@ -120,8 +129,10 @@ def test_flownets_deconvolution_one_channel_equals_the_whole_layers():
     x = jnp.asarray(np.random.default_rng(2).standard_normal((1, 2, 5, 7, 6)), jnp.float32)
     full = deconv(x)
     assert full.shape == (1, 2, 10, 14, 5)
-    for k in (0, 2, 4):
-        np.testing.assert_allclose(deconv(x, jnp.int32(k)), full[..., k:k + 1], atol=1e-5)
-        g_one = jax.grad(lambda x: jnp.sum(deconv(x, jnp.int32(k)) ** 2))(x)
-        g_full = jax.grad(lambda x: jnp.sum(deconv(x)[..., k] ** 2))(x)
-        np.testing.assert_allclose(g_one, g_full, atol=1e-4)
+    ks = jnp.asarray([0, 2, 4])  # vmapped and traced, as stage 1 reads them (diagonal form)
+    one = jax.jit(jax.vmap(lambda k: deconv(x, k)))(ks)
+    np.testing.assert_allclose(one, jnp.moveaxis(full[..., ks], -1, 0)[..., None], atol=1e-5)
+    g_one = jax.jit(jax.vmap(jax.grad(lambda x, k: jnp.sum(deconv(x, k) ** 2)), (None, 0)))(x, ks)
+    g_full = jax.jit(jax.vmap(jax.grad(lambda x, k: jnp.sum(deconv(x)[..., k] ** 2)),
+                              (None, 0)))(x, ks)
+    np.testing.assert_allclose(g_one, g_full, atol=1e-4)

@@ -165,6 +165,9 @@ def test_a_known_channel_runs_only_its_inception_branch(i3d):
     full = jax.jit(f)(video)
     for k in (5, 64 + 100, 192 + 31, 224 + 7):  # one channel in each branch
         _close(jax.jit(lambda v, k=k: f(v, channel=k))(video), full[..., k:k + 1], k)
+    k = 64 + 100  # and its gradient, the whole layer's channel's
+    _close(jax.jit(jax.grad(lambda v: jnp.mean(f(v, channel=k) ** 2)))(video),
+           jax.jit(jax.grad(lambda v: jnp.mean(f(v)[..., k] ** 2)))(video), "gradient")
 
     def convs(fn, *args):
         eqns = jax.make_jaxpr(fn)(video, *args).jaxpr.eqns

@@ -34,8 +34,8 @@ class Conv3d(nnx.Module):
             y = ops.conv3d(x, self.kernel[...], self.stride, self.padding)
         else:
             y = ops.conv3d_channel(x, self.kernel[...], channel, self.stride, self.padding)
-        return y if self.bias is None else y + _last_axis(_channels(self.bias[...], channel),
-                                                           y.ndim)
+        return y if self.bias is None else \
+            y + _last_axis(ops.channel_slice(self.bias[...], channel), y.ndim)
 
 
 class BatchNorm(nnx.Module):
@@ -57,13 +57,8 @@ class BatchNorm(nnx.Module):
         if self.scale is not None:
             inv = inv * self.scale[...]
         shift = self.bias[...] - self.mean[...] * inv
-        inv, shift = _channels(inv, channel), _channels(shift, channel)
+        inv, shift = ops.channel_slice(inv, channel), ops.channel_slice(shift, channel)
         return x * _last_axis(inv, x.ndim) + _last_axis(shift, x.ndim)
-
-
-def _channels(v: jax.Array, channel) -> jax.Array:
-    """v f32[C], or its entry `channel` as f32[1] (channel an int, may be traced)."""
-    return v if channel is None else jax.lax.dynamic_slice_in_dim(v, channel, 1)
 
 
 def _last_axis(v: jax.Array, ndim: int) -> jax.Array:
