@@ -9,7 +9,8 @@ per second, and time to the reference's quality.
 I3D's 32x224x224, reference transform, Adam) for each layer and number of kernels K vmapped
 in one program, next to the floor: the truncated network's forward plus input-gradient FLOPs
 (2x the forward's, from XLA's cost analysis of the forward) times K, divided by this machine's
-measured float32 matmul rate, and next to the reference algorithm's step time per kernel in
+measured float32 matmul rate (measured just before and after each row's steps: the shared VM's
+speed drifts), and next to the reference algorithm's step time per kernel in
 PyTorch (benchmarks/reference_torch.py: whole network every step, weight gradients kept, one
 kernel at a time; skipped with --no-reference). `converge`: the objective (no transform)
 reached against wall-clock time for the pixel and the spectral parameterisation on 8 kernels
@@ -113,6 +114,7 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
             cfg = stage1.Stage1Config.preset("paper", size=size, steps=steps, progress_every=1,
                                              chunk_size=k)
             stamps, done = [], []
+            rate_before = matmul_gflops()
             t0 = time.perf_counter()
             try:
                 stage1.optimize(f, range(k), cfg, jax.random.key(0),
@@ -126,7 +128,11 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
             # on CPU a program runs up to four, stage1._plan); the first report holds compilation.
             per_step = (float(np.median(np.diff(stamps) / np.diff(done))) if len(stamps) > 1
                         else float("nan"))
-            floor = 2 * fwd * k / rate
+            # This shared VM's speed drifts by ~10% within minutes: the floor of each row takes
+            # the matmul rate measured just before and just after its steps (their mean).
+            rate_after = matmul_gflops()
+            row_rate = (rate_before + rate_after) / 2
+            floor = 2 * fwd * k / row_rate
             rows.append({"layer": layer, "K": k, "size": size, "model_input": input_size,
                          "forward_gflop_per_kernel": fwd,
                          "xla_one_channel_forward_gflop_per_kernel":
@@ -134,7 +140,9 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
                          "xla_forward_gflop_per_kernel": fwd_xla, "compile_and_first_step_s":
                          stamps[0] - t0, "first_program_steps": done[0], "step_s": per_step,
                          "step_s_per_kernel": per_step / k,
+                         "matmul_gflops_before_after": [rate_before, rate_after],
                          "floor_s": floor, "step_over_floor": per_step / floor,
+                         "step_over_run_rate_floor": per_step / (2 * fwd * k / rate),
                          "loadavg": os.getloadavg()})
             print(json.dumps(rows[-1]), flush=True)
     return rows
