@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-
-import jax
-import numpy as np
 
 from kvjax import stage1
 from kvjax.models import flownets, slowfast_i3d, video_resnet
 from kvjax.models.base import VideoModel
 from machine import describe, save_results
+from stage1 import time_optimize
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # (model, net builder, input size, value range, layers)
@@ -40,17 +37,6 @@ CASES = [
 ]
 
 
-def time_steps(features, k: int, config: stage1.Stage1Config) -> tuple[float, float]:
-    """(seconds of compilation + first program, median seconds per step after it)."""
-    stamps, done = [], []
-    t0 = time.perf_counter()
-    stage1.optimize(features, range(k), config, jax.random.key(0),
-                    progress=lambda d, *a: (stamps.append(time.perf_counter()), done.append(d)))
-    per_step = float(np.median(np.diff(stamps) / np.diff(done))) if len(stamps) > 1 \
-        else float("nan")
-    return stamps[0] - t0, per_step
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kernels", type=int, default=4)
@@ -58,7 +44,7 @@ def main(argv=None):
     p.add_argument("--models", default=",".join(c[0] for c in CASES))
     args = p.parse_args(argv)
     out = {"machine": describe(), "args": vars(args), "rows": []}
-    print(f"| model | layer | K | whole layer s/step | one channel s/step | speed-up |")
+    print("| model | layer | K | whole layer s/step | one channel s/step | speed-up |")
     print("| --- | --- | --- | --- | --- | --- |", flush=True)
     for name, make, size, value_range, layers in CASES:
         if name not in args.models.split(","):
@@ -71,7 +57,7 @@ def main(argv=None):
                 cfg = stage1.Stage1Config.preset("fast", size=size, steps=args.steps,
                                                  progress_every=1, chunk_size=args.kernels,
                                                  one_channel=one)
-                first, step = time_steps(f, args.kernels, cfg)
+                first, _, step = time_optimize(f, args.kernels, cfg)
                 key = "one_channel" if one else "whole_layer"
                 row[f"{key}_step_s"], row[f"{key}_compile_and_first_s"] = step, first
             row["speedup"] = row["whole_layer_step_s"] / row["one_channel_step_s"]

@@ -103,6 +103,19 @@ def xla_forward_gflops(features, size, one_channel_k: int | None = None) -> floa
 
 # ----------------------------------------------------------------------------- step time
 
+def time_optimize(features, k: int, config: stage1.Stage1Config) -> tuple[float, int, float]:
+    """stage1.optimize of kernels 0..k-1 timed by its progress reports: (seconds of
+    compilation + first program, steps in that program, median seconds per step after it).
+    A report may cover several steps (on CPU a program runs up to four, stage1._plan)."""
+    stamps, done = [], []
+    t0 = time.perf_counter()
+    stage1.optimize(features, range(k), config, jax.random.key(0),
+                    progress=lambda d, *a: (stamps.append(time.perf_counter()), done.append(d)))
+    per_step = (float(np.median(np.diff(stamps) / np.diff(done))) if len(stamps) > 1
+                else float("nan"))
+    return stamps[0] - t0, done[0], per_step
+
+
 def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
     rows = []
     for layer in layers:
@@ -113,21 +126,13 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
         for k in ks:
             cfg = stage1.Stage1Config.preset("paper", size=size, steps=steps, progress_every=1,
                                              chunk_size=k)
-            stamps, done = [], []
             rate_before = matmul_gflops()
-            t0 = time.perf_counter()
             try:
-                stage1.optimize(f, range(k), cfg, jax.random.key(0),
-                                progress=lambda d, *a: (stamps.append(time.perf_counter()),
-                                                        done.append(d)))
+                first_s, first_steps, per_step = time_optimize(f, k, cfg)
             except Exception as e:  # e.g. out of memory: record it and go on
                 rows.append({"layer": layer, "K": k, "error": f"{type(e).__name__}: {e}"[:300]})
                 print(rows[-1], flush=True)
                 continue
-            # Seconds per step between progress reports (a report may cover several steps:
-            # on CPU a program runs up to four, stage1._plan); the first report holds compilation.
-            per_step = (float(np.median(np.diff(stamps) / np.diff(done))) if len(stamps) > 1
-                        else float("nan"))
             # This shared VM's speed drifts by ~10% within minutes: the floor of each row takes
             # the matmul rate measured just before and just after its steps (their mean).
             rate_after = matmul_gflops()
@@ -138,7 +143,7 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
                          "xla_one_channel_forward_gflop_per_kernel":
                              xla_forward_gflops(f, size, k),
                          "xla_forward_gflop_per_kernel": fwd_xla, "compile_and_first_step_s":
-                         stamps[0] - t0, "first_program_steps": done[0], "step_s": per_step,
+                         first_s, "first_program_steps": first_steps, "step_s": per_step,
                          "step_s_per_kernel": per_step / k,
                          "matmul_gflops_before_after": [rate_before, rate_after],
                          "floor_s": floor, "step_over_floor": per_step / floor,
