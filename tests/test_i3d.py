@@ -4,6 +4,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from jaxprs import equations
 from kvjax.errors import KvjaxError
 from kvjax.models import i3d as i3d_mod
 from kvjax.io import safe_pickle
@@ -169,23 +170,12 @@ def test_a_known_channel_runs_only_its_inception_branch(i3d):
     _close(jax.jit(jax.grad(lambda v: jnp.mean(f(v, channel=k) ** 2)))(video),
            jax.jit(jax.grad(lambda v: jnp.mean(f(v)[..., k] ** 2)))(video), "gradient")
 
-    def convs(fn, *args):
-        eqns = jax.make_jaxpr(fn)(video, *args).jaxpr.eqns
-        return sum(_count_convs(e) for e in eqns)
+    def convs(fn, *args):  # convolutions and matmuls, nested jaxprs included
+        return sum(e.primitive.name in ("conv_general_dilated", "dot_general")
+                   for e in equations(jax.make_jaxpr(fn)(video, *args).jaxpr))
     known = convs(lambda v: f(v, channel=5))
     traced = convs(lambda v, k: f(v, channel=k), jnp.int32(5))
     assert 0 < known < traced
-
-
-def _count_convs(eqn) -> int:
-    """Convolutions and matmuls in one jaxpr equation, nested jaxprs included."""
-    n = int(eqn.primitive.name in ("conv_general_dilated", "dot_general"))
-    for value in eqn.params.values():
-        for sub in value if isinstance(value, (list, tuple)) else [value]:
-            inner = getattr(sub, "jaxpr", sub)
-            if hasattr(inner, "eqns"):
-                n += sum(_count_convs(e) for e in inner.eqns)
-    return n
 
 
 def test_one_channel_readout_redirects_dead_kernels_the_same(i3d):

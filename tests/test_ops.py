@@ -7,12 +7,12 @@ and a second derivative.
 from __future__ import annotations
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
+from jaxprs import equations
 from kvjax import ops
 
 # (name, x shape N,T,H,W,Cin, kernel kt,kh,kw, Cout, strides, padding)
@@ -116,13 +116,8 @@ def test_asymmetric_same_differs_from_symmetric():
 
 def _conv_ranks(jaxpr) -> list[int]:
     """The operand rank of every conv_general_dilated in a jaxpr and its sub-jaxprs."""
-    ranks = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            ranks.append(eqn.invars[0].aval.ndim)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            ranks += _conv_ranks(sub)
-    return ranks
+    return [e.invars[0].aval.ndim for e in equations(jaxpr)
+            if e.primitive.name == "conv_general_dilated"]
 
 
 @pytest.mark.parametrize("kernel,strides", [((3, 3, 3), (1, 1, 1)), ((7, 7, 7), (2, 2, 2)),
