@@ -58,8 +58,14 @@ def _computes_one_channel(net, layer) -> bool:
     return taps.sliced
 
 
-@pytest.mark.parametrize("name, make, input_size, alone, sliced", CASES,
-                         ids=[c[0] for c in CASES])
+# The longest cases (20-50 s each, mostly compilation) run with `-m slow`: the default suite
+# keeps r3d_18 (both shortcuts), FlowNetS (bias, BatchNorm) and, in test_i3d.py, I3D.
+SLOW = {"c3d", "r2plus1d_18", "slowfast-i3d-r50", "videogpt-vqvae", "pytorch-i3d"}
+
+
+@pytest.mark.parametrize("name, make, input_size, alone, sliced",
+                         [pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] in SLOW
+                                       else []) for c in CASES])
 def test_one_channel_equals_the_layers_channel(name, make, input_size, alone, sliced):
     net = make()
     _randomise_per_channel(net)
