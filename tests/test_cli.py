@@ -12,12 +12,27 @@ import pytest
 TINY = ["--size", "4,32,32", "--steps1", "6", "--steps2", "6", "--seed", "3"]
 
 
-def kvjax(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "kvjax.cli", *args], capture_output=True,
-                          text=True, timeout=600, **kw)
+@pytest.fixture(scope="module")
+def kvjax(tmp_path_factory):
+    """Runs `python -m kvjax.cli ARGS` (popen=True: started, not waited for).
+
+    The runs of this module share one fresh JAX persistent compilation cache, so a program
+    of the same shapes compiles once here, not once per process (~10 s each on a 2-core
+    CPU). Nothing asserted depends on it: exit codes, messages, files and numbers are those
+    of a run without the cache, which users get unless they set JAX_COMPILATION_CACHE_DIR.
+    """
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla")))
+
+    def run(*args, popen=False):
+        cmd = [sys.executable, "-m", "kvjax.cli", *args]
+        if popen:
+            return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return run
 
 
-def test_layers_prints_the_i3d_table():
+def test_layers_prints_the_i3d_table(kvjax):
     r = kvjax("layers")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -35,7 +50,7 @@ def test_layers_prints_the_i3d_table():
     (["--layer", "Logits", "--kernels", "0"],  # TINY's 4x32x32 is fed to the model as it is
      "'Logits' is out of reach of a model input of 4x32x32.*deepest it reaches is Mixed_"),
 ])
-def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, args, msg):
+def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(kvjax, tmp_path, args, msg):
     out = tmp_path / "out"
     r = kvjax("visualize", *args, "--out", str(out), *TINY)
     assert r.returncode == 2, r.stderr
@@ -46,7 +61,7 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, args
     assert not out.exists()
 
 
-def test_out_that_cannot_be_a_folder_is_refused(tmp_path):
+def test_out_that_cannot_be_a_folder_is_refused(kvjax, tmp_path):
     afile = tmp_path / "file"
     afile.write_text("keep me")
     for out in (afile, afile / "below"):
@@ -55,7 +70,7 @@ def test_out_that_cannot_be_a_folder_is_refused(tmp_path):
     assert afile.read_text() == "keep me"
 
 
-def test_out_holding_other_files_is_refused_and_left_alone(tmp_path):
+def test_out_holding_other_files_is_refused_and_left_alone(kvjax, tmp_path):
     out = tmp_path / "site"
     out.mkdir()
     (out / "index.html").write_text("my project page")
@@ -73,13 +88,12 @@ def _results(out):
     return {k["kernel"]: k for k in json.loads((out / "results.json").read_text())["kernels"]}
 
 
-def test_killed_run_resumes_keeping_finished_kernels(tmp_path):
+def test_killed_run_resumes_keeping_finished_kernels(kvjax, tmp_path):
     """Kill a real run after its first chunk, rerun into the same folder, compare with a
     run that was never interrupted (other chunking, same seed)."""
     out = tmp_path / "run"
     args = ["visualize", "--kernels", "0-3", "--chunk", "1", "--out", str(out), *TINY]
-    proc = subprocess.Popen([sys.executable, "-m", "kvjax.cli", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = kvjax(*args, popen=True)
     state = out / "state"
     deadline = time.time() + 500
     while time.time() < deadline and proc.poll() is None:
@@ -114,7 +128,7 @@ def test_killed_run_resumes_keeping_finished_kernels(tmp_path):
     assert r.returncode == 0 and "(4 already done)" in r.stdout and "0 chunk(s)" in r.stdout
 
 
-def test_resume_goes_on_with_the_saved_runs_settings(tmp_path):
+def test_resume_goes_on_with_the_saved_runs_settings(kvjax, tmp_path):
     """--resume with other flags (size, seed, preset) continues the saved run as it was:
     a kernel recomputed then equals the one computed first, and the user is told."""
     out = tmp_path / "run"

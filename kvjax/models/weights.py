@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Callable, Mapping
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from flax import nnx
 
@@ -82,5 +82,9 @@ def assign(net: nnx.Module, arrays: Mapping[str, np.ndarray],
     unset = [p for p in flat if p not in converted]
     if unset:
         raise KeyError(f"mapping leaves model parameters unset: {unset[:5]}")
+    paths = list(flat)
+    # One device_put for all: jnp.asarray per array costs ~8 ms each on first use (230
+    # arrays of I3D: 1.9 s against 0.06 s), most of a model's load time.
+    values = jax.device_put([converted[p] for p in paths])
     nnx.update(net, nnx.from_flat_state(
-        [(path, var.replace(jnp.asarray(converted[path]))) for path, var in flat.items()]))
+        [(p, flat[p].replace(v)) for p, v in zip(paths, values)]))
