@@ -52,9 +52,10 @@ _OURS = re.compile(r"(index\.html|results\.json|run\.json|state|contact_sheet_.+
 _STARTING = re.compile(r"(state|\..+\.tmp|\.kvjax-probe-.+)")  # another process starting
 
 
-def _check_out(path: str) -> str:
-    """Make sure `path` is (or can become) a writable folder that holds nothing but kvjax's
-    files (a run's rewrites would replace someone's index.html); leaves nothing if not."""
+def _check_out(path: str) -> None:
+    """Refuse a `path` that is a file or a folder holding files kvjax did not write (a run's
+    rewrites would replace someone's index.html). Touches nothing: checked before the model
+    loads, so a mistyped --out is told at once."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise KvjaxError(f"--out {path!r} is a file, not a folder; choose a folder")
     if os.path.isdir(path):
@@ -65,6 +66,11 @@ def _check_out(path: str) -> str:
             raise KvjaxError(f"--out {path!r} holds files that kvjax did not write "
                              f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''});"
                              f" choose a new or empty folder")
+
+
+def _make_out(path: str) -> str:
+    """Create the checked `path` and make sure it is writable; leaves nothing if not."""
+    _check_out(path)  # again: it may have changed while the model loaded
     created = not os.path.exists(path)
     try:
         os.makedirs(path, exist_ok=True)
@@ -172,6 +178,7 @@ def run(args) -> int:
 
     # Check everything first: nothing is written for bad input.
     config = _config(args.preset, _overrides(args))
+    _check_out(args.out)
     index, count = devices.start_processes(args.coordinator, args.num_processes,
                                            args.process_id)
     import jax  # after start_processes: JAX's distributed runtime must start first
@@ -180,7 +187,7 @@ def run(args) -> int:
     layer = args.layer or model.default_layer
     info = model.check_layer(layer, config.input_size)
     kernels = parse_kernels(args.kernels or DEFAULT_KERNELS, info.channels, layer=layer)
-    out = _check_out(args.out)
+    out = _make_out(args.out)
 
     store = RunStore(out)
     given = _settings(args, model, layer, kernels, config)
