@@ -22,6 +22,9 @@ CASES = [
     # a stage's output (layer1 = layer1/1's, s2/pool = the pool of s2/res2's)
     ("r3d_18", lambda: video_resnet.make_net("r3d_18"), video_resnet.INPUT_SIZE,
      ["stem", "layer1/0/conv1", "layer1", "layer2/0"], []),
+    # mc3_18's 1x3x3 layers: a 1x2x2-strided conv and shortcut (stride 1 in time)
+    ("mc3_18", lambda: video_resnet.make_net("mc3_18"), video_resnet.INPUT_SIZE,
+     ["layer2/0/conv1", "layer2/0"], []),
     ("r2plus1d_18", lambda: video_resnet.make_net("r2plus1d_18"), video_resnet.INPUT_SIZE,
      ["stem/mid", "layer1/0/conv1/spatial", "layer2/0"], []),
     ("slowfast-i3d-r50", lambda: slowfast_i3d.make_net(), slowfast_i3d.INPUT_SIZE,
@@ -60,7 +63,7 @@ def _computes_one_channel(net, layer) -> bool:
 
 # The longest cases (20-50 s each, mostly compilation) run with `-m slow`: the default suite
 # keeps r3d_18 (both shortcuts), FlowNetS (bias, BatchNorm) and, in test_i3d.py, I3D.
-SLOW = {"c3d", "r2plus1d_18", "slowfast-i3d-r50", "videogpt-vqvae", "pytorch-i3d"}
+SLOW = {"c3d", "mc3_18", "r2plus1d_18", "slowfast-i3d-r50", "videogpt-vqvae", "pytorch-i3d"}
 
 
 @pytest.mark.parametrize("name, make, input_size, alone, sliced",
