@@ -235,6 +235,30 @@ def test_max_pool_padding_never_wins():
     assert float(y.max()) < -10.0
 
 
+@pytest.mark.parametrize("impl", ["separable", "native"])
+def test_max_pool_ties_give_the_gradient_to_one_cell_and_nan_propagates(impl):
+    # Ties (ReLU zeros before every I3D pool are common): in each 2x2x2 window of a constant
+    # input, the window's whole gradient goes to one cell (for the separable form the first,
+    # corner (0, 0, 0)), none is split or lost.
+    x = jnp.zeros((1, 4, 4, 6, 3))
+    pool = lambda x: ops.max_pool3d(x, (2, 2, 2), (2, 2, 2), "VALID", impl=impl)  # noqa: E731
+    ct = 1.0 + jnp.abs(_normal((1, 2, 2, 3, 3), 1))
+    _, g = _pool_value_and_grad(pool, x, ct)
+    per_window = np.asarray(g).reshape(1, 2, 2, 2, 2, 3, 2, 3).transpose(0, 1, 3, 5, 7, 2, 4, 6)
+    per_window = per_window.reshape(1, 2, 2, 3, 3, 8)
+    assert np.all((per_window != 0).sum(-1) == 1)
+    np.testing.assert_array_equal(per_window.sum(-1), np.asarray(ct))
+    if impl == "separable":
+        np.testing.assert_array_equal(per_window[..., 0], np.asarray(ct))
+    # A NaN makes exactly the windows that hold it NaN (3x3x3 stride 1: overlapping windows),
+    # as XLA's reduce_window max does, and no others.
+    xn = _normal((1, 4, 5, 5, 2), 0).at[0, 1, 2, 3, 1].set(jnp.nan)
+    y = jax.jit(lambda x: ops.max_pool3d(x, (3, 3, 3), (1, 1, 1), "SAME", impl=impl))(xn)
+    y_ref = _ref_pool(xn, -jnp.inf, lax.max, (3, 3, 3), (1, 1, 1), "SAME")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    assert int(np.isnan(y).sum()) == 3 * 3 * 3
+
+
 @pytest.mark.parametrize("window,strides,shape", [((2, 7, 7), (1, 1, 1), (2, 4, 7, 7, 5)),
                                                   ((2, 2, 2), (2, 2, 2), (1, 4, 6, 6, 3))])
 def test_avg_pool_matches_reduce_window(window, strides, shape):
