@@ -420,7 +420,7 @@ def max_pool3d(x: jax.Array, window: Sequence[int], strides: Sequence[int],
     Gradient ties: each form gives the whole gradient to one of the tied cells (a valid
     subgradient): the native form to the one XLA picks, the separable CPU form to the first
     along each axis in turn. The separable form's pairwise maximum is a select
-    (`_first_max`), not lax.max, whose gradient splits ties in halves at the cost of more
+    (`_first_max`), not lax.max: lax.max's gradient splits ties in halves and costs more
     elementwise work per tap in the backward pass (I3D's Mixed_4b stage-1 step at the paper
     preset, 7 alternating runs each on the 2-core dev VM: 1.85 s against 1.95 s on average,
     a gain within that VM's run-to-run spread of ~0.15 s; benchmarks/results/stage1.md).
