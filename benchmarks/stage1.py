@@ -9,8 +9,8 @@ per second, and time to the reference's quality.
 I3D's 32x224x224, reference transform, Adam) for each layer and number of kernels K vmapped
 in one program, next to the floor: the truncated network's forward plus input-gradient FLOPs
 (2x the forward's, from XLA's cost analysis of the forward) times K, divided by this machine's
-measured float32 matmul rate (measured just before and after each row's steps: the shared VM's
-speed drifts), and next to the reference algorithm's step time per kernel in
+measured float32 matmul rate (measured just before and after each row's steps, and between
+every two programs of a row: the shared VM's speed drifts), and next to the reference algorithm's step time per kernel in
 PyTorch (benchmarks/reference_torch.py: whole network every step, weight gradients kept, one
 kernel at a time; skipped with --no-reference). `converge`: the objective (no transform)
 reached against wall-clock time for the pixel and the spectral parameterisation on 8 kernels
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -48,11 +49,17 @@ def machine() -> dict:
     return describe(matmul_gflops_f32=matmul_gflops())
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-`repeats` float32 n x n matmul rate of the default device, GFLOP/s."""
+@functools.cache
+def _matmul_program(n: int):
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()
+    return a, mm
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-`repeats` float32 n x n matmul rate of the default device, GFLOP/s."""
+    a, mm = _matmul_program(n)
     best = min(_timed(lambda: mm(a).block_until_ready()) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
 
@@ -103,17 +110,32 @@ def xla_forward_gflops(features, size, one_channel_k: int | None = None) -> floa
 
 # ----------------------------------------------------------------------------- step time
 
-def time_optimize(features, k: int, config: stage1.Stage1Config) -> tuple[float, int, float]:
+def time_optimize(features, k: int, config: stage1.Stage1Config, gauge=None,
+                  programs: list | None = None) -> tuple[float, int, float]:
     """stage1.optimize of kernels 0..k-1 timed by its progress reports: (seconds of
     compilation + first program, steps in that program, median seconds per step after it).
-    A report may cover several steps (on CPU a program runs up to four, stage1._plan)."""
-    stamps, done = [], []
+    A report may cover several steps (on CPU a program runs up to four, stage1._plan).
+
+    gauge: called at every report, between programs (the next one is dispatched only after
+    the report returns), e.g. to measure the matmul rate right before and after each program;
+    its own time is not counted. programs: if given, gets one dict per timed program: steps,
+    seconds, and the gauge's values just before and just after it."""
+    reports = []  # (steps done, time of the report, gauge value, time the run resumed)
+
+    def report(done, *_):
+        t = time.perf_counter()
+        value = gauge() if gauge is not None else None
+        reports.append((done, t, value, time.perf_counter()))
+
     t0 = time.perf_counter()
-    stage1.optimize(features, range(k), config, jax.random.key(0),
-                    progress=lambda d, *a: (stamps.append(time.perf_counter()), done.append(d)))
-    per_step = (float(np.median(np.diff(stamps) / np.diff(done))) if len(stamps) > 1
+    stage1.optimize(features, range(k), config, jax.random.key(0), progress=report)
+    timed = [{"steps": d - d0, "s": t - resumed, "gauge_before": g0, "gauge_after": g}
+             for (d0, _, g0, resumed), (d, t, g, _) in zip(reports, reports[1:])]
+    if programs is not None:
+        programs.extend(timed)
+    per_step = (float(np.median([p["s"] / p["steps"] for p in timed])) if timed
                 else float("nan"))
-    return stamps[0] - t0, done[0], per_step
+    return reports[0][1] - t0, reports[0][0], per_step
 
 
 def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
@@ -127,8 +149,10 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
             cfg = stage1.Stage1Config.preset("paper", size=size, steps=steps, progress_every=1,
                                              chunk_size=k)
             rate_before = matmul_gflops()
+            programs = []
             try:
-                first_s, first_steps, per_step = time_optimize(f, k, cfg)
+                first_s, first_steps, per_step = time_optimize(
+                    f, k, cfg, gauge=lambda: matmul_gflops(repeats=3), programs=programs)
             except Exception as e:  # e.g. out of memory: record it and go on
                 rows.append({"layer": layer, "K": k, "error": f"{type(e).__name__}: {e}"[:300]})
                 print(rows[-1], flush=True)
@@ -138,6 +162,13 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
             rate_after = matmul_gflops()
             row_rate = (rate_before + rate_after) / 2
             floor = 2 * fwd * k / row_rate
+            # Finer still: each timed program against the matmul rate measured right before
+            # and right after it (best of 3 each, between programs), the median of those ratios.
+            for q in programs:
+                q["step_s"] = q["s"] / q["steps"]
+                q["floor_s"] = 2 * fwd * k / ((q["gauge_before"] + q["gauge_after"]) / 2)
+                q["step_over_floor"] = q["step_s"] / q["floor_s"]
+            ratios = [q["step_over_floor"] for q in programs]
             rows.append({"layer": layer, "K": k, "size": size, "model_input": input_size,
                          "forward_gflop_per_kernel": fwd,
                          "xla_one_channel_forward_gflop_per_kernel":
@@ -148,6 +179,11 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
                          "matmul_gflops_before_after": [rate_before, rate_after],
                          "floor_s": floor, "step_over_floor": per_step / floor,
                          "step_over_run_rate_floor": per_step / (2 * fwd * k / rate),
+                         "programs": programs,
+                         "step_over_interleaved_floor": float(np.median(ratios)) if ratios
+                         else float("nan"),
+                         "step_over_interleaved_floor_range": [min(ratios), max(ratios)]
+                         if ratios else None,
                          "loadavg": os.getloadavg()})
             print(json.dumps(rows[-1]), flush=True)
     return rows
