@@ -10,13 +10,14 @@ I3D's 32x224x224, reference transform, Adam) for each layer and number of kernel
 in one program, next to the floor: the truncated network's forward plus input-gradient FLOPs
 (2x the forward's, from XLA's cost analysis of the forward) times K, divided by this machine's
 measured float32 matmul rate (measured just before and after each row's steps, and between
-every two programs of a row: the shared VM's speed drifts), and next to the reference algorithm's step time per kernel in
-PyTorch (benchmarks/reference_torch.py: whole network every step, weight gradients kept, one
-kernel at a time; skipped with --no-reference). `converge`: the objective (no transform)
-reached against wall-clock time for the pixel and the spectral parameterisation on 8 kernels
-of one layer. `quality`: given a reference_torch.py `quality` result (the reference's 1500
-steps on 4 kernels of Mixed_3b at model input 16x112x112), the wall time kvjax's settings
-take to reach the reference's final mean objective on the same kernels and model input.
+every two programs of a row: the shared VM's speed drifts), and next to the reference
+algorithm's step time per kernel in PyTorch (benchmarks/reference_torch.py: whole network
+every step, weight gradients kept, one kernel at a time; skipped with --no-reference).
+`converge`: the objective (no transform) reached against wall-clock time for the pixel
+and the spectral parameterisation on 8 kernels of one layer. `quality`: given a
+reference_torch.py `quality` result (the reference's 1500 steps on 4 kernels of Mixed_3b at
+model input 16x112x112), the wall time kvjax's settings take to reach the reference's final
+mean objective on the same kernels and model input.
 
 Results (JSON, with the machine description and its load average, since the machines here
 are shared) go to benchmarks/results/stage1_<mode>_<timestamp>.json. Options shrink the work
