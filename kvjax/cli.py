@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     vis.add_argument("--preset", default="fast", choices=("fast", "paper"))
     vis.add_argument("--steps1", type=int, default=None, help="stage-1 optimisation steps")
     vis.add_argument("--steps2", type=int, default=None, help="stage-2 optimisation steps")
+    vis.add_argument("--coarse-steps", type=int, default=None, metavar="N",
+                     help="of the stage-1 steps, the first N on a video half as high and wide, "
+                          "then tiled to full size (coarse to fine: ~4x cheaper steps; "
+                          "default 0)")
     vis.add_argument("--size", type=_size, default=None, metavar="T,H,W",
                      help="size of the optimised video")
     vis.add_argument("--param", choices=("pixel", "spectral"), default=None,

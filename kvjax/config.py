@@ -9,9 +9,10 @@ lr2, param ("pixel" | "spectral"), chunk (kernels per compiled stage-1 program; 
 as many as fit in the free device memory, kvjax.devices; stage 2 always fits its chunks to the
 memory unless stage2_chunk_size is set), input_size (T, H, W the model sees; None: the model's
 own), relu_grad (the gradient of the model's ReLUs in stage 1, for `model.features`: "exact"
-in `paper`, as the reference; "redirect" in `fast`). Any other field of `Stage1Config` /
-`Stage2Config` can be set with a `stage1_` / `stage2_` prefix (e.g.
-stage2_flow_param="displacement").
+in `paper`, as the reference; "redirect" in `fast`), coarse_steps (of the stage-1 steps, how
+many run first on a video half as high and wide, then tiled: Stage1Config.coarse_steps). Any
+other field of `Stage1Config` / `Stage2Config` can be set with a `stage1_` / `stage2_` prefix
+(e.g. stage2_flow_param="displacement").
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ _INPUT_SIZE = {"paper": None, "fast": "video"}
 _RELU_GRAD = {"paper": "exact", "fast": "redirect"}
 _SHORT = {"steps1": ("stage1", "steps"), "lr1": ("stage1", "lr"), "size": ("stage1", "size"),
           "param": ("stage1", "param"), "chunk": ("stage1", "chunk_size"),
-          "steps2": ("stage2", "steps"), "lr2": ("stage2", "lr")}
+          "steps2": ("stage2", "steps"), "lr2": ("stage2", "lr"),
+          "coarse_steps": ("stage1", "coarse_steps")}
 
 
 @dataclasses.dataclass(frozen=True)

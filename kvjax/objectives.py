@@ -30,9 +30,12 @@ class Objective:
 
     `one_channel`: True when the objective reads nothing but acts[..., kernel]; it then gives
     the same value on that channel alone (acts f32[t,h,w,1], kernel 0), which lets stage 1
-    compute only that channel of the layer.
+    compute only that channel of the layer. `fixed_position`: True when it reads a position
+    given in layer coordinates (a neuron not at the centre), which stage 1's coarse phase
+    (Stage1Config.coarse_steps) cannot map onto its smaller layer output.
     """
     one_channel = False
+    fixed_position = False  # reads a position given in layer coordinates (see Neuron)
 
     def __call__(self, acts: jax.Array, kernel) -> jax.Array:
         raise NotImplementedError
@@ -94,6 +97,10 @@ class Neuron(Objective):
     position: tuple[int, int, int] | None = None
     one_channel = True
 
+    @property
+    def fixed_position(self):
+        return self.position is not None
+
     def __call__(self, acts, kernel):
         x = _channel_of(acts, kernel)
         pos = self.position
@@ -145,6 +152,10 @@ class Sum(Objective):
     def one_channel(self):
         return all(t.one_channel for t in self.terms)
 
+    @property
+    def fixed_position(self):
+        return any(t.fixed_position for t in self.terms)
+
     def n_indices(self, channels):
         return min(t.n_indices(channels) for t in self.terms)
 
@@ -163,6 +174,10 @@ class Scaled(Objective):
     @property
     def one_channel(self):
         return self.objective.one_channel
+
+    @property
+    def fixed_position(self):
+        return self.objective.fixed_position
 
     def n_indices(self, channels):
         return self.objective.n_indices(channels)

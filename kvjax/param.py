@@ -14,6 +14,9 @@ unconstrained parameter maps to valid pixels and zero parameters give flat grey 
 - `spectral(size)`: Lucid's Fourier parameterisation extended from (h, w) to (t, h, w); see
   its docstring for the frequency scaling.
 
+`tile(name, params, size, factor)` maps the params of a (T, H, W) video to those of the same
+video repeated factor x factor times in space (coarse to fine, kvjax.stage1), exactly.
+
 Constructors are cached, so `pixel(s) is pixel(s)`: a parameterisation built from the same
 settings is the same object (handy as part of a static jit argument).
 """
@@ -127,6 +130,46 @@ def spectral(size: Size, sd: float = 0.01, decay: float = 1.0, time_weight: floa
 
 
 PARAMS = {"pixel": pixel, "spectral": spectral}
+
+
+def tile_shift(n: int, factor: int) -> int:
+    """The roll, in pixels, that puts the centre ((n - 1) // 2, as objectives.neuron's default)
+    of an n-pixel axis repeated `factor` times at the centre of the factor*n-pixel result."""
+    return (factor * n - 1) // 2 - (n - 1) // 2
+
+
+def tile(name: str, params, size: Size, factor: int, **kwargs):
+    """Params of a `size` (T, H, W) video -> params of the (T, factor*H, factor*W) video that
+    renders as that video tiled factor x factor in space and rolled so that its centre pixel
+    lands on the big video's centre (`tile_shift`): big[t, y, x] = small[t, (y - sy) mod H,
+    (x - sx) mod W]. Exact for both parameterisations (render is pointwise after the spectral
+    basis): pixel params are tiled and rolled; spectral coefficient (f_t, u, v) of the small
+    video becomes (f_t, factor*u, factor*v) of the big one, times factor^2 (irfftn's 1/N), times
+    the roll's phase, over the big video's `spectrum_scale`; the other coefficients are zero.
+    kwargs: the parameterisation's settings (sd, decay, time_weight), as for `make`.
+    """
+    t, h, w = _check_size(size)
+    factor = int(factor)
+    if factor < 1:
+        raise ValueError(f"tile factor must be a positive integer; got {factor}")
+    big = (t, factor * h, factor * w)
+    sy, sx = tile_shift(h, factor), tile_shift(w, factor)
+    if name == "pixel":
+        chex.assert_shape(params, (*size, 3))
+        return jnp.roll(jnp.tile(params, (1, factor, factor, 1)), (sy, sx), axis=(1, 2))
+    if name != "spectral":
+        raise ValueError(f"unknown parameterisation {name!r}; valid: {', '.join(PARAMS)}")
+    decay, time_weight = kwargs.get("decay", 1.0), kwargs.get("time_weight", 1.0)
+    chex.assert_shape(params, (2, t, h, w // 2 + 1, 3))
+    spectrum = jax.lax.complex(params[0], params[1]) * spectrum_scale(size, decay, time_weight)[
+        ..., None]
+    u = factor * np.arange(h)[:, None]          # big row-frequency index of each small one
+    v = factor * np.arange(w // 2 + 1)[None, :]  # big column-frequency index (rfft half)
+    phase = np.exp(-2j * np.pi * (u * sy / big[1] + v * sx / big[2])).astype(np.complex64)
+    tiled = jnp.zeros((t, big[1], big[2] // 2 + 1, 3), jnp.complex64)
+    tiled = tiled.at[:, 0::factor, 0::factor].set(factor ** 2 * spectrum * phase[None, :, :, None])
+    tiled = tiled / spectrum_scale(big, decay, time_weight)[..., None]
+    return jnp.stack([tiled.real, tiled.imag]).astype(jnp.float32)
 
 
 def make(name: str, size: Size, **kwargs) -> Param:

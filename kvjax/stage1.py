@@ -24,6 +24,10 @@ them: `Objective.one_channel`) and `features` can compute one channel alone
 only (`activations`): same values, and the layer's last convolutions compute one output
 channel instead of C (kvjax.ops.conv3d_channel; under the vmap over kernels, min(K, C)).
 
+Coarse to fine (`Stage1Config.coarse_steps`): the run's first steps optimise a smaller video
+(seen by the network through `coarse_features`), tiled to full size by a compiled program of
+its own (`_tile`); each phase has its own programs, compiled once for all chunks.
+
 Reproducibility: kernel k uses the key jax.random.fold_in(key, k), so its result depends only
 on (key, k, config), not on chunking or on which other kernels run beside it.
 
@@ -80,6 +84,15 @@ class Stage1Config:
     nothing else (channel, neuron) and `features` can (`reads_one_channel`): the same values,
     and the layer's last convolutions cost min(K, C)/C of their FLOPs for K kernels vmapped
     (False: always the whole layer).
+    coarse_steps / coarse_factor: coarse to fine. The first `coarse_steps` of the `steps` run
+    on a video coarse_factor times smaller in H and W (T kept), which the network sees at an
+    input as much smaller (`coarse_features`), so a step costs about 1/coarse_factor^2 of a
+    full one; then each video is tiled coarse_factor x coarse_factor (exactly, in the
+    parameters: `param.tile`; its centre stays at the centre) and the remaining steps run at
+    full size with a fresh optimiser state. A channel objective is a mean over positions, so a
+    pattern of the right pixel scale found on the small canvas holds on the large one; the
+    coarse phase buys most of the climb cheaply (benchmarks/results/stage1.md, "Coarse to
+    fine"). 0 (the presets): full size throughout.
     """
     steps: int = 1500
     lr: float = 0.05
@@ -93,6 +106,8 @@ class Stage1Config:
     chunk_size: int | None = None
     progress_every: int = 50
     one_channel: bool = True
+    coarse_steps: int = 0
+    coarse_factor: int = 2
 
     def __post_init__(self):
         object.__setattr__(self, "size", tuple(int(s) for s in self.size))
@@ -108,6 +123,14 @@ class Stage1Config:
             raise ValueError(f"progress_every must be at least 1; got {self.progress_every}")
         if int(self.steps) < 0:
             raise ValueError(f"steps must be >= 0; got {self.steps}")
+        if not 0 <= int(self.coarse_steps) <= int(self.steps):
+            raise ValueError(f"coarse_steps must be between 0 and steps ({self.steps}); got "
+                             f"{self.coarse_steps}")
+        if int(self.coarse_factor) < 2:
+            raise ValueError(f"coarse_factor must be an integer >= 2; got {self.coarse_factor}")
+        if self.coarse_steps and any(n % self.coarse_factor for n in self.size[1:]):
+            raise ValueError(f"coarse to fine needs the video's height and width divisible by "
+                             f"coarse_factor ({self.coarse_factor}); got size {self.size}")
 
     @classmethod
     def preset(cls, name: str = "fast", **overrides) -> "Stage1Config":
@@ -122,11 +145,32 @@ class Stage1Config:
         """
         return presets.select(cls, {"paper": PAPER, "fast": FAST}, name, overrides)
 
-    def make_param(self) -> param_lib.Param:
+    def _param_kwargs(self) -> dict:
         kw = dict(sd=self.init_sd)
         if self.param == "spectral":
             kw.update(decay=self.spectral_decay, time_weight=self.spectral_time_weight)
-        return param_lib.make(self.param, self.size, **kw)
+        return kw
+
+    def make_param(self) -> param_lib.Param:
+        return param_lib.make(self.param, self.size, **self._param_kwargs())
+
+    def phases(self) -> list["Stage1Config"]:
+        """The run as phases without coarse steps of their own: [coarse, fine] with
+        coarse_steps, else [self]. The coarse phase's size is (T, H/f, W/f)."""
+        if not self.coarse_steps:
+            return [self]
+        t, h, w = self.size
+        f = self.coarse_factor
+        coarse = dataclasses.replace(self, size=(t, h // f, w // f), steps=self.coarse_steps,
+                                     coarse_steps=0)
+        return [coarse, dataclasses.replace(self, steps=self.steps - self.coarse_steps,
+                                            coarse_steps=0)]
+
+    def tile_params(self, params):
+        """Params of a video of this config's size -> those of the video tiled coarse_factor x
+        coarse_factor in H and W (kvjax.param.tile)."""
+        return param_lib.tile(self.param, params, self.size, self.coarse_factor,
+                              **self._param_kwargs())
 
     def make_optimizer(self) -> optax.GradientTransformation:
         return self.optimizer if self.optimizer is not None else optax.adam(self.lr)
@@ -377,11 +421,22 @@ def _finish(arrays, static, states, kernels, config, mesh=None):
     return devices_lib.over_kernels(local, mesh, specs)(arrays, states, kernels)
 
 
+@compiler.jit(static_argnames=("config", "fine", "mesh"))
+def _tile(states, config, fine, mesh=None):
+    """Coarse phase states (`config`) -> fine phase states (`fine`): each video's params tiled
+    (Stage1Config.tile_params), a fresh optimiser state; keys and `finite` carried over."""
+    def local(states):
+        params = jax.vmap(config.tile_params)(states.params)
+        opt_state = jax.vmap(fine.make_optimizer().init)(params)
+        return Stage1State(params, opt_state, states.key, states.finite)
+    return devices_lib.over_kernels(local, mesh, (devices_lib.KERNEL_AXIS,))(states)
+
+
 def compiled_programs() -> int:
     """How many programs stage 1 has compiled so far (for tests and benchmarks): entries of
     its jit caches. On several devices one compiled program may hold two entries (JAX's
     dispatch cache); count XLA compilations with jax.monitoring there (tests/test_sharding.py)."""
-    return sum(f._cache_size() for f in (_start, _segment, _finish))
+    return sum(f._cache_size() for f in (_start, _segment, _finish, _tile))
 
 
 # ----------------------------------------------------------------------------- driver
@@ -391,8 +446,10 @@ class Stage1Result(NamedTuple):
 
     videos: f32[K, T, H, W, 3] in [0, 1], rendered without transform.
     trace: f32[K, steps], the objective at each step (under that step's transform; NaN after
-      a kernel stopped being finite). activation: f32[K], the objective of `videos` (no
-      transform); activation_start: f32[K], the same at initialisation. finite: bool[K],
+      a kernel stopped being finite; in a coarse phase, of the coarse video as the network saw
+      it). activation: f32[K], the objective of `videos` (no transform); activation_start:
+      f32[K], the same at initialisation (with coarse_steps, of the tiled initial video at
+      full size, so that the two compare). finite: bool[K],
       False where a NaN/inf occurred (that kernel's last finite state is returned).
     """
     videos: np.ndarray
@@ -458,6 +515,48 @@ def _check_kernels(kernels, features: Features, config: Stage1Config,
     return kernels.astype(np.int32)
 
 
+def coarse_features(features: Features, factor: int) -> Features:
+    """`features` for stage 1's coarse phase, whose videos are `factor` times smaller in H and W.
+
+    A features function that resizes every video to a fixed model input declares how to see a
+    smaller one with a method `coarse(factor)` returning the same function with that input
+    divided by `factor` in H and W (on itself, or on a jax.tree_util.Partial's func), as
+    built-in models' features do: the network then sees the small video at the scale it will
+    see the large one, at ~1/factor^2 of the cost. Any other function gets the small video as
+    it is (right for a fully convolutional function that takes the video at its own size;
+    `_check_coarse` refuses one whose output does not shrink with its input)."""
+    fn = features.func if isinstance(features, jax.tree_util.Partial) else features
+    if not hasattr(fn, "coarse"):
+        return features
+    if isinstance(features, jax.tree_util.Partial):
+        return jax.tree_util.Partial(fn.coarse(factor), *features.args, **features.keywords)
+    return fn.coarse(factor)
+
+
+def _check_coarse(features: Features, coarse: Features, config: Stage1Config,
+                  objective: objectives_lib.Objective) -> None:
+    """Refuse a coarse to fine run whose coarse phase would optimise something else."""
+    if objective.fixed_position:
+        raise ValueError("coarse to fine (coarse_steps > 0) cannot map a neuron position given "
+                         "in layer coordinates onto the coarse phase's smaller layer; use "
+                         "neuron() at the centre, or coarse_steps=0")
+    small = config.phases()[0].size
+    try:
+        out = jax.eval_shape(coarse, jax.ShapeDtypeStruct((*small, 3), jnp.float32))
+    except Exception as e:  # noqa: BLE001  the model's own message says what broke
+        raise ValueError(f"coarse to fine: the layer cannot be computed on the coarse phase's "
+                         f"{small} video ({type(e).__name__}: {e}); use a smaller "
+                         f"coarse_factor, a larger size, or coarse_steps=0") from None
+    full = jax.eval_shape(features, jax.ShapeDtypeStruct((*config.size, 3), jnp.float32))
+    if coarse is features and out.shape == full.shape and max(out.shape[1:3]) > 1:
+        raise ValueError(
+            f"coarse to fine: `features` gives the same {full.shape} output for the coarse "
+            f"{small} video as for the full {config.size} one, so it resizes videos to a fixed "
+            "input, and the coarse phase's pattern would change scale when tiled. Give the "
+            "function a `coarse(factor)` method (see stage1.coarse_features), or use "
+            "coarse_steps=0")
+
+
 _MEMORY: dict = {}
 
 
@@ -469,6 +568,7 @@ def program_memory(features: Features, config: Stage1Config, chunk: int,
     program_bytes); None if the backend gives none. The program is compiled exactly as
     `optimize` will call it, so a run with that chunk reuses the compilation. Cached."""
     objective = objective or objectives_lib.channel()
+    config = config.phases()[-1]  # the full-size phase: the largest programs
     devs = devices_lib.local_devices(devices)
     arrays, static = partition((features, objective))
     prog = _program_config(config)
@@ -524,16 +624,22 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
     key = jax.random.key(0) if key is None else key
     objective = objective or objectives_lib.channel()
     kernels = _check_kernels(kernels, features, config, objective)
+    phases = config.phases()
+    phase_features = [features] * len(phases)
+    if len(phases) > 1:
+        phase_features[0] = coarse_features(features, config.coarse_factor)
+        _check_coarse(features, phase_features[0], config, objective)
     devs = devices_lib.local_devices(devices)
     mesh = devices_lib.kernel_mesh(devs)
     chunk_size = config.chunk_size
     if chunk_size is None:
         chunk_size = auto_chunk_size(features, len(kernels), config, objective, devs)
-    arrays, static = partition((features, objective))
-    arrays = devices_lib.place(arrays, devs, devices_lib.REPLICATED)
-    prog = _program_config(config)
-    n_segments, seg_len, unrolled = _plan(int(config.steps), int(config.progress_every),
-                                          devs[0].platform)
+    parts = []  # per phase: (weights on the devices, static part, program config, plan)
+    for f, cfg in zip(phase_features, phases):
+        arrays, static = partition((f, objective))
+        parts.append((devices_lib.place(arrays, devs, devices_lib.REPLICATED), static,
+                      _program_config(cfg), int(cfg.steps),
+                      _plan(int(cfg.steps), int(config.progress_every), devs[0].platform)))
     _, report_every = _segments(int(config.steps), int(config.progress_every))
     n_chunks, chunk = devices_lib.chunking(len(kernels), int(chunk_size), len(devs))
     padded = np.resize(kernels, n_chunks * chunk)  # pads by repeating from the start
@@ -542,19 +648,29 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
     for c in range(n_chunks):
         ks = devices_lib.place(padded[c * chunk:(c + 1) * chunk], devs,
                                devices_lib.KERNEL_AXIS)
+        arrays, static, prog, _, _ = parts[0]
         states, start = _start(arrays, static, key, ks, prog, mesh)
-        traces = []
-        for s in range(n_segments):
-            n_active = min(seg_len, config.steps - s * seg_len)
-            states, values = _segment(arrays, static, states, ks,
-                                      None if unrolled else jnp.int32(n_active), prog, seg_len,
-                                      unrolled, mesh)
-            traces.append(values[:, :n_active])
-            done = s * seg_len + n_active
-            crossed = done // report_every > (done - n_active) // report_every
-            if progress is not None and (not unrolled or crossed or done == config.steps):
-                jax.block_until_ready(values)
-                progress(done, config.steps, c, n_chunks)
+        if len(parts) > 1:  # the start as the full-size network sees the tiled initial video
+            fine_arrays, fine_static, fine_prog = parts[-1][:3]
+            _, start = _finish(fine_arrays, fine_static, _tile(states, prog, fine_prog, mesh),
+                               ks, fine_prog, mesh)
+        traces, done = [], 0
+        for i, (arrays, static, prog, steps, plan) in enumerate(parts):
+            if i:
+                states = _tile(states, parts[i - 1][2], prog, mesh)
+            n_segments, seg_len, unrolled = plan
+            for s in range(n_segments):
+                n_active = min(seg_len, steps - s * seg_len)
+                states, values = _segment(arrays, static, states, ks,
+                                          None if unrolled else jnp.int32(n_active), prog,
+                                          seg_len, unrolled, mesh)
+                traces.append(values[:, :n_active])
+                done += n_active
+                crossed = done // report_every > (done - n_active) // report_every
+                if progress is not None and (not unrolled or crossed or done == config.steps):
+                    jax.block_until_ready(values)
+                    progress(done, config.steps, c, n_chunks)
+        arrays, static, prog = parts[-1][:3]
         videos, final = _finish(arrays, static, states, ks, prog, mesh)
         trace = jnp.concatenate(traces, 1) if traces else jnp.zeros((chunk, 0), jnp.float32)
         outs.append(devices_lib.to_host((videos, trace, final, start, states.finite)))

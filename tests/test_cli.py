@@ -1,6 +1,7 @@
 """The `kvjax` command as a user runs it: a real process, exit codes, files on disk."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,8 +61,22 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, caps
     assert captured.out == ""
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kvjax visualize: error:")
-    import re
     assert re.search(msg, err[0]), err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--size", "4,33,32"], r"divisible by coarse_factor \(2\); got size \(4, 33, 32\)"),
+    (["--size", "16,224,224", "--layer", "Logits"],  # Logits reaches 224 px, not 112
+     "--coarse-steps: the coarse phase's model input is too small: layer 'Logits' is out of "
+     "reach of a model input of 16x112x112"),
+])
+def test_coarse_steps_that_cannot_run_are_refused_first(tmp_path, capsys, args, msg):
+    from kvjax import cli
+    out = tmp_path / "out"
+    assert cli.main(["visualize", "--coarse-steps", "4", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(msg, err[0]), err
     assert not out.exists()
 
 

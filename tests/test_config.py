@@ -27,6 +27,11 @@ def test_overrides_reach_their_stage_and_bad_ones_name_the_valid():
         kvjax.Config("slow")
     with pytest.raises(KvjaxError, match="steps1 must be at least 1; got 0"):
         kvjax.Config("fast", steps1=0)  # the CLI crashed after both stages, files left
+    c = kvjax.Config("fast", steps1=40, coarse_steps=30)
+    assert (c.stage1.steps, c.stage1.coarse_steps, c.stage1.coarse_factor) == (40, 30, 2)
+    with pytest.raises(KvjaxError, match=r"divisible by coarse_factor \(2\); got size "
+                                         r"\(16, 63, 64\)"):
+        kvjax.Config("fast", coarse_steps=30, size=(16, 63, 64))
 
 
 def test_paper_takes_the_true_relu_gradient_fast_redirects_it():

@@ -37,7 +37,7 @@ FILES = {"stage1": "stage1.gif", "texture": "texture.png", "motion": "motion.gif
 def _overrides(args) -> dict:
     return {"steps1": args.steps1, "steps2": args.steps2,
             "size": list(args.size) if args.size else None, "param": args.param,
-            "chunk": args.chunk}
+            "chunk": args.chunk, "coarse_steps": args.coarse_steps}
 
 
 def _config(preset: str, overrides: dict) -> Config:
@@ -183,9 +183,17 @@ def run(args) -> int:
                                            args.process_id)
     import jax  # after start_processes: JAX's distributed runtime must start first
     from kvjax.models import load_model
+    from kvjax.models.base import coarse_size
     model = load_model(args.model, args.checkpoint)
     layer = args.layer or model.default_layer
     info = model.check_layer(layer, config.input_size)
+    if config.stage1.coarse_steps:
+        small = coarse_size(config.input_size or model.input_size, config.stage1.coarse_factor)
+        try:
+            model.check_layer(layer, small)
+        except KvjaxError as e:
+            raise KvjaxError(f"--coarse-steps: the coarse phase's model input is too small: {e}"
+                             ) from None
     kernels = parse_kernels(args.kernels or DEFAULT_KERNELS, info.channels, layer=layer)
     out = _make_out(args.out)
 

@@ -95,6 +95,11 @@ class _FeaturesFn:
     channels: int = 0  # of `layer`
     channel_readout = True  # takes `channel=` (kvjax.stage1's one-channel readout)
 
+    def coarse(self, factor: int) -> "_FeaturesFn":
+        """The same features seeing a video `factor` times smaller in H and W at an input as
+        much smaller (kvjax.stage1.coarse_features; `coarse_size`)."""
+        return dataclasses.replace(self, input_size=coarse_size(self.input_size, factor))
+
     def __call__(self, state, video: jax.Array, channel=None) -> jax.Array:
         if video.ndim != 4 or video.shape[-1] != 3:
             raise ValueError(f"features expects one video f32[T,H,W,3]; got {video.shape}")
@@ -106,6 +111,12 @@ class _FeaturesFn:
         net = nnx.merge(self.graphdef, state)
         with relu_gradient(self.relu_grad):
             return run_until(net, x[None], self.layer, channel)[0]
+
+
+def coarse_size(size: tuple[int, int, int], factor: int) -> tuple[int, int, int]:
+    """The model input for stage 1's coarse phase: (T, round(H / factor), round(W / factor))."""
+    t, h, w = size
+    return t, max(1, round(h / factor)), max(1, round(w / factor))
 
 
 def resize_video(video: jax.Array, size: tuple[int, int, int]) -> jax.Array:
