@@ -1,162 +1,140 @@
-"""Experiment: coarse-to-fine stage 1 by tiling, against the time-to-quality task.
+"""Time to quality with coarse to fine (Stage1Config.coarse_steps), against the reference.
 
-    PYTHONPATH=.:benchmarks python benchmarks/stage1_coarse.py \
-        --reference benchmarks/results/reference_quality_20261126T012005Z.json \
-        --coarse-steps 400 --max-steps 300
+    PYTHONPATH=.:tests:benchmarks python benchmarks/stage1_coarse.py \
+        --reference benchmarks/results/reference_quality_20261126T083941Z.json \
+        --settings shift:400:90,fast:400:200 --robust
 
-The task (benchmarks/stage1.py `quality`): I3D Mixed_3b, kernels 0-3, model input
-16x112x112, reach the reference algorithm's final mean objective (no transform). Here the
-`fast` preset (spectral, lr 0.2, kvjax's transform) first runs `--coarse-steps` steps on
-16x56x56 videos that the network sees at 16x56x56 (4x fewer voxels, so ~4x cheaper steps;
-a channel objective is a mean over positions, so a pattern of the right pixel scale found on
-a small canvas holds on a large one), then each video is tiled 2x2 (exactly, in the spectral
-parameters: frequency (f_t, u, v) of the small video becomes (f_t, 2u, 2v) of the large
-one) and the run goes on at 16x112x112 with a fresh Adam state, measuring every `--every`
-steps. Times include compilation. Not a kvjax feature (yet): the results are in
-benchmarks/results/stage1.md, "Coarse to fine".
+The task (issue 3; benchmarks/stage1.py `quality`): I3D Mixed_3b, kernels 0-3, model input
+16x112x112; reach the mean objective (no transform) that the reference algorithm reaches after
+its 1500 steps, as stored in its quality JSON (reference_torch.py `quality`).
 
-`--coarse-transform` / `--fine-transform` choose each phase's robustness transform: `fast`
-(the preset's: shifts up to 1 frame and 4 px both ways, scale 0.95-1.05), `jitter` (the same
-shifts, no scaling), `paper` (the reference's) or `none`. `--coarse-steps 0` runs at full
-size only. `--save-videos` writes the videos (at the first measurement that reaches the
-target, else at the end) for benchmarks/reference_torch.py `robust`, which judges them and
-the reference's by one evaluator: the objective without transform and averaged over the
-reference's transforms.
+Each setting `transform:coarse:fine` is one call of kvjax.stage1.optimize on the 4 kernels: the
+`fast` preset at lr 0.2 (spectral, decay 1.5) on a 16x112x112 video that the network sees at
+that size, its first `coarse` steps on 16x56x56 (seen at 16x56x56), then `fine` steps at full
+size (`Stage1Config.coarse_steps`), every step under the named transform: `fast` (the preset's
+Affine(): shifts up to 1 frame and 4 px both ways, scale 0.95-1.05), `shift` (the same shifts,
+no scaling), `paper` (the reference's) or `none`. Its time is the call's wall time, compilation
+included (jax.clear_caches() before each setting); its result the call's final activation.
+
+The reference's time on this machine, in the same run: its per-step time measured here
+(`--reference-steps` steps of kernel 0 after two warm-up steps; the same network, sizes and
+work at every step and kernel) times its 1500 steps x 4 kernels, beside the total stored in
+its JSON (measured on the machine it ran on). `--robust`: the reference's robust objective of
+kvjax's videos (reference_torch.robust_objective, 32 fixed draws of the reference's transform),
+to set beside the reference videos' own (in its JSON). `--save-videos DIR` writes each
+setting's videos as DIR/<setting>.npz.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 import kvjax
-from kvjax import param as param_lib
 from kvjax import stage1
 from kvjax import transforms as transforms_lib
 from machine import describe, save_results, save_videos
-from stage1 import vmapped_programs
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-TRANSFORMS = {"fast": transforms_lib.Affine(), "jitter": transforms_lib.Affine(scales=(1.0,)),
-              "paper": transforms_lib.Affine.paper(), "none": transforms_lib.identity}
+TRANSFORMS = {"fast": transforms_lib.Affine(), "shift": transforms_lib.Affine(scales=(1.0,)),
+              "paper": transforms_lib.Affine.paper(), "none": None}
 
 
-def tile_spectral(params, small, big, decay):
-    """Spectral params of a (T, H, W) video -> those of the video tiled to (T, 2H, 2W)."""
-    t, h, w = small
-    spectrum = jax.lax.complex(params[0], params[1]) * param_lib.spectrum_scale(small, decay)[
-        ..., None]
-    tiled = jnp.zeros((t, 2 * h, w + 1, 3), jnp.complex64).at[:, 0::2, 0::2].set(4 * spectrum)
-    tiled = tiled / param_lib.spectrum_scale(big, decay)[..., None]
-    return jnp.stack([tiled.real, tiled.imag])
+def _setting(text: str) -> tuple[str, int, int]:
+    name, coarse, fine = text.split(":")
+    if name not in TRANSFORMS:
+        raise argparse.ArgumentTypeError(f"transform {name!r}; valid: {', '.join(TRANSFORMS)}")
+    return name, int(coarse), int(fine)
+
+
+def reference_step_s(model, layer: str, input_size, steps: int) -> float:
+    """Median seconds per step of the PyTorch reference (one kernel) on this machine."""
+    import reference_torch
+    net = reference_torch.torch_i3d(model)
+    stamps = []
+    reference_torch.optimise(net, layer, 0, input_size, steps + 2,
+                             on_step=lambda n, e: stamps.append(e))
+    return float(np.median(np.diff(stamps)[1:]))  # the first two steps: warm-up
+
+
+def robust(model, videos, layer: str, kernels, input_size) -> list[float]:
+    """The reference's robust objective of each video f32[T, H, W, 3]."""
+    import torch
+    import reference_torch
+    net = reference_torch.torch_i3d(model)
+    out = []
+    for video, k in zip(videos, kernels):
+        v = torch.from_numpy(np.ascontiguousarray(np.asarray(video).transpose(3, 0, 1, 2)))[None]
+        out.append(reference_torch.robust_objective(net, v, layer, int(k), input_size))
+    return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reference", required=True, help="a reference_torch.py quality JSON")
-    p.add_argument("--coarse-steps", type=int, default=400)
-    p.add_argument("--max-steps", type=int, default=300, help="fine steps at most")
-    p.add_argument("--every", type=int, default=25)
+    p.add_argument("--settings", default="shift:400:90,fast:400:200",
+                   help="comma-separated transform:coarse_steps:fine_steps")
     p.add_argument("--lr", type=float, default=0.2)
-    p.add_argument("--ema", type=float, default=None,
-                   help="also measure an exponential moving average of the fine phase's "
-                        "parameters with this decay (Polyak averaging)")
-    p.add_argument("--fine-cosine", type=float, default=None,
-                   help="fine phase: Adam lr decaying from --lr to this fraction of it over "
-                        "--max-steps (optax cosine_decay_schedule); default constant")
-    p.add_argument("--coarse-transform", choices=sorted(TRANSFORMS), default="fast")
-    p.add_argument("--fine-transform", choices=sorted(TRANSFORMS), default="fast")
-    p.add_argument("--save-videos", default=None, help="write the videos to this .npz")
+    p.add_argument("--reference-steps", type=int, default=12,
+                   help="timed steps of the reference on this machine (0: skip)")
+    p.add_argument("--robust", action="store_true")
+    p.add_argument("--save-videos", default=None, metavar="DIR")
     args = p.parse_args(argv)
+    settings = [_setting(s) for s in args.settings.split(",")]
     with open(args.reference) as f:
-        rows = json.load(f)["rows"]
+        ref = json.load(f)
+    rows = ref["rows"]
+    layer, size = rows[0]["layer"], tuple(rows[0]["model_input"])
+    kernels = [r["kernel"] for r in rows]
     target = float(np.mean([r["activation"][-1] for r in rows]))
-    big = tuple(rows[0]["model_input"])
-    small = (big[0], big[1] // 2, big[2] // 2)
-    info = describe()
+    ref_steps = rows[0]["steps"][-1]
+    stored_s = float(sum(r["seconds"][-1] for r in rows))
     model = kvjax.load_model("i3d")
-    layer, ks = rows[0]["layer"], jnp.asarray([r["kernel"] for r in rows])
-    coarse = stage1.Stage1Config.preset("fast", lr=args.lr, size=small,
-                                        transform=TRANSFORMS[args.coarse_transform])
-    fine = stage1.Stage1Config.preset("fast", lr=args.lr, size=big,
-                                      transform=TRANSFORMS[args.fine_transform])
-    if args.fine_cosine is not None:
-        fine = dataclasses.replace(fine, optimizer=optax.adam(optax.cosine_decay_schedule(
-            args.lr, args.max_steps, alpha=args.fine_cosine)))
-    f_small = model.features(layer, input_size=small)
-    f_big = model.features(layer, input_size=big)
-    key = jax.random.key(0)
-
-    t0 = time.perf_counter()
-    if args.coarse_steps:
-        states = jax.jit(jax.vmap(lambda k: stage1.init(key, k, coarse)))(ks)
-        step, _ = vmapped_programs(coarse)
-        step = step.lower(f_small, states, ks).compile()
-        for _ in range(args.coarse_steps):
-            states, _ = step(f_small, states, ks)
-        jax.block_until_ready(states)
-        coarse_s = time.perf_counter() - t0
-        params = jax.jit(jax.vmap(lambda q: tile_spectral(q, small, big, fine.spectral_decay)))(
-            states.params)
-        videos = jax.vmap(lambda q: stage1.render(q, coarse))(states.params)
-        tiled = jax.vmap(lambda q: stage1.render(q, fine))(params)
-        tile_error = float(jnp.abs(jnp.tile(videos, (1, 1, 2, 2, 1)) - tiled).max())
-        opt = fine.make_optimizer()
-        keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(key, 1), k))(ks)
-        states = stage1.Stage1State(params, jax.vmap(opt.init)(params), keys, states.finite)
-    else:  # full size from the start
-        coarse_s, tile_error = 0.0, 0.0
-        states = jax.jit(jax.vmap(lambda k: stage1.init(key, k, fine)))(ks)
-    step, measure = vmapped_programs(fine)
-    step = step.lower(f_big, states, ks).compile()
-    measure = measure.lower(f_big, states.params, ks).compile()
-    act = np.asarray(measure(f_big, states.params, ks))
-    ema, ema_rows = states.params, []
-    average = jax.jit(lambda a, p: jax.tree_util.tree_map(
-        lambda a, p: args.ema * a + (1 - args.ema) * p, a, p))
-    out = {"machine": info, "args": vars(args), "target": target, "layer": layer,
-           "kernels": ks.tolist(), "coarse_size": small, "fine_size": big,
-           "coarse_steps_s": coarse_s, "tile_max_error": tile_error,
-           "steps": [0], "seconds": [time.perf_counter() - t0], "activation": [float(act.mean())],
-           "per_kernel": [act.tolist()]}
-    print(f"coarse: {args.coarse_steps} steps {coarse_s:.1f} s; tiled, at {big}: "
-          f"{act.round(2)} mean {act.mean():.3f} (tiling error {tile_error:.1e})", flush=True)
-    for n in range(args.every, args.max_steps + 1, args.every):
-        for _ in range(args.every):
-            states, _ = step(f_big, states, ks)
-            if args.ema is not None:
-                ema = average(ema, states.params)
-        act = np.asarray(measure(f_big, states.params, ks))
-        if args.ema is not None:
-            ema_act = np.asarray(measure(f_big, ema, ks))
-            ema_rows.append({"steps": n, "seconds": time.perf_counter() - t0,
-                             "activation": float(ema_act.mean()),
-                             "per_kernel": ema_act.tolist()})
-            print(f"  ema {n}: {ema_act.round(2)} mean {ema_act.mean():.3f}", flush=True)
-            out["ema"] = ema_rows
-            if ema_act.mean() >= target and "ema_time_to_target_s" not in out:
-                out["ema_time_to_target_s"] = ema_rows[-1]["seconds"]
-        out["steps"].append(n)
-        out["seconds"].append(time.perf_counter() - t0)
-        out["activation"].append(float(act.mean()))
-        out["per_kernel"].append(act.tolist())
-        print(f"fine {n}: {out['seconds'][-1]:.1f} s {act.round(2)} mean {act.mean():.3f}",
-              flush=True)
-        if act.mean() >= target:
-            out["time_to_target_s"] = out["seconds"][-1]
-            break
-    if args.save_videos:
-        save_videos(args.save_videos, jax.vmap(lambda q: stage1.render(q, fine))(states.params),
-                    ks, layer, big, steps=out["steps"][-1], seconds=out["seconds"][-1],
-                    reached=act.mean() >= target)
-        out["videos"] = args.save_videos
+    features = model.features(layer, input_size=size)
+    out = {"machine": describe(), "args": vars(args), "layer": layer, "kernels": kernels,
+           "model_input": size, "reference": {
+               "file": os.path.basename(args.reference), "steps": ref_steps, "target": target,
+               "stored_seconds": stored_s,
+               "robust_activation": [r.get("robust_activation") for r in rows]}}
+    if args.reference_steps:
+        per = reference_step_s(model, layer, size, args.reference_steps)
+        out["reference"].update(step_s_here=per, seconds_here=per * ref_steps * len(rows))
+        print(f"reference: {per:.3f} s per step here -> {per * ref_steps * len(rows):.0f} s for "
+              f"{ref_steps} steps x {len(rows)} kernels (stored: {stored_s:.0f} s); target "
+              f"{target:.3f}", flush=True)
+    out["rows"] = []
+    for name, coarse, fine in settings:
+        config = stage1.Stage1Config.preset(
+            "fast", lr=args.lr, size=size, steps=coarse + fine, coarse_steps=coarse,
+            transform=TRANSFORMS[name])
+        jax.clear_caches()
+        reports = []  # (steps done, seconds since the call): where the time went
+        t0 = time.perf_counter()
+        r = stage1.optimize(features, kernels, config, jax.random.key(0),
+                            progress=lambda done, *_: reports.append(
+                                (done, time.perf_counter() - t0)))
+        seconds = time.perf_counter() - t0
+        row = {"setting": f"{name}:{coarse}:{fine}", "transform": name, "coarse_steps": coarse,
+               "fine_steps": fine, "seconds": seconds, "activation": r.activation.tolist(),
+               "mean_activation": float(r.activation.mean()),
+               "reached": bool(r.activation.mean() >= target),
+               "vs_stored_reference": stored_s / seconds, "reports": reports,
+               "loadavg": os.getloadavg()}
+        if "seconds_here" in out["reference"]:
+            row["vs_reference_here"] = out["reference"]["seconds_here"] / seconds
+        if args.robust:
+            row["robust_activation"] = robust(model, r.videos, layer, kernels, size)
+            row["mean_robust_activation"] = float(np.mean(row["robust_activation"]))
+        if args.save_videos:
+            os.makedirs(args.save_videos, exist_ok=True)
+            save_videos(os.path.join(args.save_videos, f"{name}_{coarse}_{fine}.npz"),
+                        r.videos, kernels, layer, size, seconds=seconds)
+        out["rows"].append(row)
+        print(json.dumps(row), flush=True)
     out["machine"]["loadavg_end"] = os.getloadavg()
     save_results(out, "stage1_coarse", RESULTS)
 

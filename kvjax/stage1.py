@@ -90,9 +90,11 @@ class Stage1Config:
     full one; then each video is tiled coarse_factor x coarse_factor (exactly, in the
     parameters: `param.tile`; its centre stays at the centre) and the remaining steps run at
     full size with a fresh optimiser state. A channel objective is a mean over positions, so a
-    pattern of the right pixel scale found on the small canvas holds on the large one; the
-    coarse phase buys most of the climb cheaply (benchmarks/results/stage1.md, "Coarse to
-    fine"). 0 (the presets): full size throughout.
+    pattern of the right pixel scale found on the small canvas holds on the large one, and the
+    coarse phase buys most of the climb cheaply (I3D Mixed_3b at 16x112x112, shift-only
+    jitter: 400 coarse + 60 full-size steps reach 96% of the reference algorithm's 1500-step
+    objective 21x sooner; benchmarks/results/stage1.md, "Coarse to fine as a kvjax feature").
+    0 (the presets): full size throughout.
     """
     steps: int = 1500
     lr: float = 0.05
@@ -635,10 +637,14 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
     if chunk_size is None:
         chunk_size = auto_chunk_size(features, len(kernels), config, objective, devs)
     parts = []  # per phase: (weights on the devices, static part, program config, plan)
+    placed = {}  # id of a weight array -> its copy on the devices (phases share the weights)
     for f, cfg in zip(phase_features, phases):
         arrays, static = partition((f, objective))
-        parts.append((devices_lib.place(arrays, devs, devices_lib.REPLICATED), static,
-                      _program_config(cfg), int(cfg.steps),
+        for a in arrays:
+            if id(a) not in placed:
+                placed[id(a)] = devices_lib.place(a, devs, devices_lib.REPLICATED)
+        parts.append(([placed[id(a)] for a in arrays], static, _program_config(cfg),
+                      int(cfg.steps),
                       _plan(int(cfg.steps), int(config.progress_every), devs[0].platform)))
     _, report_every = _segments(int(config.steps), int(config.progress_every))
     n_chunks, chunk = devices_lib.chunking(len(kernels), int(chunk_size), len(devs))
