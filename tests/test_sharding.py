@@ -63,6 +63,11 @@ out["s1_type"] = type(four.videos).__name__
 # The one-channel readout (kvjax.ops.conv3d_channel's batching rule) inside shard_map.
 readout = stage1.optimize(tiny_features(readout=True), kernels, config1(chunk_size=6), key)
 out["s1_readout_videos"], out["s1_readout_trace"] = readout.videos, readout.trace
+# Coarse to fine (its tiling program inside shard_map too), four devices against one.
+coarse = lambda n: config1(chunk_size=n, steps=5, coarse_steps=2)
+for tag, r in (("four", stage1.optimize(f, kernels[:4], coarse(4), key)),
+               ("one", stage1.optimize(f, kernels[:4], coarse(4), key, devices=devs[:1]))):
+    out[f"s1_coarse_{tag}_videos"], out[f"s1_coarse_{tag}_trace"] = r.videos, r.trace
 
 # Stage 2: the same per-device batch (2) on one device and on four.
 videos = small_videos(7)
@@ -117,6 +122,10 @@ def test_sharded_stage1_equals_single_device_in_kernel_order(sharded):
     for name in ("videos", "trace"):
         np.testing.assert_allclose(sharded[f"s1_readout_{name}"], sharded[f"s1_one_{name}"],
                                    atol=1e-5, rtol=1e-5, err_msg=f"one-channel readout {name}")
+    for name in ("videos", "trace"):
+        np.testing.assert_allclose(sharded[f"s1_coarse_four_{name}"],
+                                   sharded[f"s1_coarse_one_{name}"], atol=1e-5, rtol=1e-5,
+                                   err_msg=f"coarse to fine {name}")
     # Kernel order: the repeated kernels 0 (positions 1, 4) and 1 (3, 5) came back in place.
     v = sharded["s1_four_videos"]
     np.testing.assert_allclose(v[1], v[4], atol=1e-6)
