@@ -33,6 +33,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 
 import kvjax
 from kvjax import stage1
@@ -79,6 +80,9 @@ def main(argv=None):
     p.add_argument("--settings", default="shift:400:90,fast:400:200",
                    help="comma-separated transform:coarse_steps:fine_steps")
     p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--warmup", type=int, default=0, metavar="N",
+                   help="Adam's lr rising linearly from lr/10 to lr over the first N steps of "
+                        "each phase (the optimiser restarts at the tiling); default constant")
     p.add_argument("--reference-steps", type=int, default=12,
                    help="timed steps of the reference on this machine (0: skip)")
     p.add_argument("--robust", action="store_true")
@@ -110,7 +114,9 @@ def main(argv=None):
     for name, coarse, fine in settings:
         config = stage1.Stage1Config.preset(
             "fast", lr=args.lr, size=size, steps=coarse + fine, coarse_steps=coarse,
-            transform=TRANSFORMS[name])
+            transform=TRANSFORMS[name],
+            optimizer=optax.adam(optax.linear_schedule(args.lr / 10, args.lr, args.warmup))
+            if args.warmup else None)
         jax.clear_caches()
         reports = []  # (steps done, seconds since the call): where the time went
         t0 = time.perf_counter()
