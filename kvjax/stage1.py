@@ -549,8 +549,10 @@ def _check_coarse(features: Features, coarse: Features, config: Stage1Config,
         raise ValueError(f"coarse to fine: the layer cannot be computed on the coarse phase's "
                          f"{small} video ({type(e).__name__}: {e}); use a smaller "
                          f"coarse_factor, a larger size, or coarse_steps=0") from None
+    if coarse is not features:  # it declared how to see the small video (`coarse`)
+        return
     full = jax.eval_shape(features, jax.ShapeDtypeStruct((*config.size, 3), jnp.float32))
-    if coarse is features and out.shape == full.shape and max(out.shape[1:3]) > 1:
+    if out.shape == full.shape and max(out.shape[1:3]) > 1:
         raise ValueError(
             f"coarse to fine: `features` gives the same {full.shape} output for the coarse "
             f"{small} video as for the full {config.size} one, so it resizes videos to a fixed "
