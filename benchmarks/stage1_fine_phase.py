@@ -1,0 +1,120 @@
+"""What the full-size phase of coarse to fine does after the tiling, and what its learning rate
+and the coarse phase's length change (an experiment behind benchmarks/results/stage1.md).
+
+    PYTHONPATH=.:tests:benchmarks python benchmarks/stage1_fine_phase.py \
+        --reference benchmarks/results/reference_quality_20261126T083941Z.json \
+        --coarse 400,800 --fine-lrs 0.02,0.05,0.1,0.2,0.3,0.5
+
+The task of benchmarks/stage1_coarse.py (I3D Mixed_3b, kernels 0-3, model input 16x112x112,
+the `fast` preset at lr 0.2 with shift-only jitter; its first phase on 16x56x56). The coarse
+phase runs once, for each count in --coarse in turn (each continuing the last); from its
+states, for each learning rate in --fine-lrs, the videos are tiled (kvjax.stage1's own tiling
+program, a fresh Adam at that rate) and --fine steps run at full size. The mean objective (no
+transform: kvjax's final activation) is measured right after the tiling and every --every
+full-size steps; the reference's robust objective (--robust) of the last videos. Built from
+kvjax.stage1's programs (not `optimize`, which has one learning rate for both phases), so
+one coarse phase serves every variant; the programs are the ones `optimize` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import kvjax
+from kvjax import stage1
+from kvjax import transforms as transforms_lib
+from machine import describe, save_results
+from stage1_coarse import RESULTS, robust
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",")]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(t) for t in text.split(",")]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reference", required=True, help="a reference_torch.py quality JSON")
+    p.add_argument("--coarse", type=_ints, default=[400, 800],
+                   help="coarse step counts, increasing (each continues the last)")
+    p.add_argument("--fine-lrs", type=_floats, default=[0.02, 0.05, 0.1, 0.2, 0.3, 0.5])
+    p.add_argument("--lr", type=float, default=0.2, help="the coarse phase's Adam lr")
+    p.add_argument("--fine", type=int, default=90)
+    p.add_argument("--every", type=int, default=15)
+    p.add_argument("--robust", action="store_true")
+    args = p.parse_args(argv)
+    if args.coarse != sorted(args.coarse) or args.fine % args.every:
+        p.error("--coarse must increase and --every divide --fine")
+    with open(args.reference) as f:
+        rows = json.load(f)["rows"]
+    layer, size = rows[0]["layer"], tuple(rows[0]["model_input"])
+    kernels = [r["kernel"] for r in rows]
+    target = float(np.mean([r["activation"][-1] for r in rows]))
+    model = kvjax.load_model("i3d")
+    features = model.features(layer, input_size=size)
+    ks = jnp.asarray(kernels, jnp.int32)
+    config = stage1.Stage1Config.preset(
+        "fast", lr=args.lr, size=size, steps=args.coarse[-1] + args.fine,
+        coarse_steps=args.coarse[-1], transform=transforms_lib.Affine(scales=(1.0,)))
+    coarse_cfg, fine_cfg = config.phases()
+
+    def program(f, cfg):
+        arrays, static = stage1.partition((f, kvjax.objectives.channel()))
+        return arrays, static, stage1._program_config(cfg)
+
+    def run(prog, states, n):
+        n_segments, seg_len, unrolled = stage1._plan(n, 1, jax.default_backend())
+        for _ in range(n_segments):
+            states, _ = stage1._segment(*prog[:2], states, ks, None if unrolled else
+                                        jnp.int32(seg_len), prog[2], seg_len, unrolled)
+        return states
+
+    def mean_objective(prog, states):
+        videos, values = stage1._finish(*prog[:2], states, ks, prog[2])
+        return videos, float(np.mean(values))
+
+    coarse = program(stage1.coarse_features(features, config.coarse_factor), coarse_cfg)
+    out = {"machine": describe(), "args": vars(args), "layer": layer, "kernels": kernels,
+           "model_input": size, "target": target, "rows": []}
+    print(f"target (reference, 1500 steps): {target:.3f}", flush=True)
+    t0 = time.perf_counter()
+    states, _ = stage1._start(*coarse[:2], jax.random.key(0), ks, coarse[2])
+    done = 0
+    for n in args.coarse:
+        states = jax.block_until_ready(run(coarse, states, n - done))
+        done = n
+        coarse_s = time.perf_counter() - t0
+        for lr in args.fine_lrs:
+            fine = program(features, dataclasses.replace(fine_cfg, lr=lr))
+            s = stage1._tile(states, coarse[2], fine[2])
+            curve = [mean_objective(fine, s)[1]]
+            t1 = time.perf_counter()
+            for _ in range(args.fine // args.every):
+                s = run(fine, s, args.every)
+                videos, value = mean_objective(fine, s)
+                curve.append(value)
+            row = {"coarse_steps": n, "coarse_seconds_so_far": coarse_s, "fine_lr": lr,
+                   "fine_steps": list(range(0, args.fine + 1, args.every)), "objective": curve,
+                   "fine_seconds": time.perf_counter() - t1, "loadavg": os.getloadavg()}
+            if args.robust:
+                row["mean_robust"] = float(np.mean(robust(model, np.asarray(videos), layer,
+                                                          kernels, size)))
+            out["rows"].append(row)
+            print(json.dumps(row), flush=True)
+        t0 = time.perf_counter() - coarse_s  # the coarse clock resumes without the fine runs
+    out["machine"]["loadavg_end"] = os.getloadavg()
+    save_results(out, "stage1_fine_phase", RESULTS)
+
+
+if __name__ == "__main__":
+    main()
