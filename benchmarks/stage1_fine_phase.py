@@ -42,6 +42,27 @@ def _floats(text: str) -> list[float]:
     return [float(t) for t in text.split(",")]
 
 
+def program(features, config) -> tuple:
+    """(weights, static part, program config) of stage 1's programs for a channel objective."""
+    arrays, static = stage1.partition((features, kvjax.objectives.channel()))
+    return arrays, static, stage1._program_config(config)
+
+
+def run(prog, states, kernels, n: int):
+    """n steps of stage 1's own step programs (as optimize groups them on this backend)."""
+    n_segments, seg_len, unrolled = stage1._plan(n, 1, jax.default_backend())
+    for _ in range(n_segments):
+        states, _ = stage1._segment(*prog[:2], states, kernels, None if unrolled else
+                                    jnp.int32(seg_len), prog[2], seg_len, unrolled)
+    return states
+
+
+def measure(prog, states, kernels) -> tuple:
+    """(videos, mean objective without transform) of the states, as optimize's result."""
+    videos, values = stage1._finish(*prog[:2], states, kernels, prog[2])
+    return videos, float(np.mean(values))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reference", required=True, help="a reference_torch.py quality JSON")
@@ -68,21 +89,6 @@ def main(argv=None):
         coarse_steps=args.coarse[-1], transform=transforms_lib.Affine(scales=(1.0,)))
     coarse_cfg, fine_cfg = config.phases()
 
-    def program(f, cfg):
-        arrays, static = stage1.partition((f, kvjax.objectives.channel()))
-        return arrays, static, stage1._program_config(cfg)
-
-    def run(prog, states, n):
-        n_segments, seg_len, unrolled = stage1._plan(n, 1, jax.default_backend())
-        for _ in range(n_segments):
-            states, _ = stage1._segment(*prog[:2], states, ks, None if unrolled else
-                                        jnp.int32(seg_len), prog[2], seg_len, unrolled)
-        return states
-
-    def mean_objective(prog, states):
-        videos, values = stage1._finish(*prog[:2], states, ks, prog[2])
-        return videos, float(np.mean(values))
-
     coarse = program(stage1.coarse_features(features, config.coarse_factor), coarse_cfg)
     out = {"machine": describe(), "args": vars(args), "layer": layer, "kernels": kernels,
            "model_input": size, "target": target, "rows": []}
@@ -91,17 +97,17 @@ def main(argv=None):
     states, _ = stage1._start(*coarse[:2], jax.random.key(0), ks, coarse[2])
     done = 0
     for n in args.coarse:
-        states = jax.block_until_ready(run(coarse, states, n - done))
+        states = jax.block_until_ready(run(coarse, states, ks, n - done))
         done = n
         coarse_s = time.perf_counter() - t0
         for lr in args.fine_lrs:
             fine = program(features, dataclasses.replace(fine_cfg, lr=lr))
             s = stage1._tile(states, coarse[2], fine[2])
-            curve = [mean_objective(fine, s)[1]]
+            curve = [measure(fine, s, ks)[1]]
             t1 = time.perf_counter()
             for _ in range(args.fine // args.every):
-                s = run(fine, s, args.every)
-                videos, value = mean_objective(fine, s)
+                s = run(fine, s, ks, args.every)
+                videos, value = measure(fine, s, ks)
                 curve.append(value)
             row = {"coarse_steps": n, "coarse_seconds_so_far": coarse_s, "fine_lr": lr,
                    "fine_steps": list(range(0, args.fine + 1, args.every)), "objective": curve,

@@ -30,6 +30,7 @@ from kvjax import stage1
 from kvjax import transforms as transforms_lib
 from machine import describe, save_results
 from stage1_coarse import RESULTS
+from stage1_fine_phase import measure, program, run
 
 
 def main(argv=None):
@@ -47,25 +48,14 @@ def main(argv=None):
     features = model.features(layer, input_size=size)
     ks = jnp.asarray(kernels, jnp.int32)
 
-    def program(factor):
+    def at_factor(factor):
         cfg = stage1.Stage1Config.preset(
             "fast", lr=0.2, size=(size[0], size[1] // factor, size[2] // factor), steps=1,
             transform=transforms_lib.Affine(scales=(1.0,)), coarse_factor=2)
         f = stage1.coarse_features(features, factor) if factor > 1 else features
-        arrays, static = stage1.partition((f, kvjax.objectives.channel()))
-        return arrays, static, stage1._program_config(cfg)
+        return program(f, cfg)
 
-    def run(prog, states, n):
-        n_segments, seg_len, unrolled = stage1._plan(n, 1, jax.default_backend())
-        for _ in range(n_segments):
-            states, _ = stage1._segment(*prog[:2], states, ks, None if unrolled else
-                                        jnp.int32(seg_len), prog[2], seg_len, unrolled)
-        return states
-
-    def mean_objective(prog, states):
-        return float(np.mean(stage1._finish(*prog[:2], states, ks, prog[2])[1]))
-
-    progs = [program(4), program(2), program(1)]
+    progs = [at_factor(4), at_factor(2), at_factor(1)]
     out = {"machine": describe(), "args": vars(args), "layer": layer, "kernels": kernels,
            "model_input": size, "target": float(np.mean([r["activation"][-1] for r in rows])),
            "rows": []}
@@ -77,9 +67,9 @@ def main(argv=None):
             level = {"size": prog[2].size, "steps": n}
             if i:
                 states = stage1._tile(states, progs[i - 1][2], prog[2])
-                level["tiled"] = mean_objective(prog, states)
-            states = run(prog, states, n)
-            level["objective"] = mean_objective(prog, states)
+                level["tiled"] = measure(prog, states, ks)[1]
+            states = run(prog, states, ks, n)
+            level["objective"] = measure(prog, states, ks)[1]
             level["seconds"] = time.perf_counter() - t0
             levels.append(level)
         row = {"setting": ":".join(map(str, steps)), "levels": levels,
