@@ -62,10 +62,8 @@ def _computes_one_channel(net, layer) -> bool:
 
 
 # The longest cases (20-50 s each, mostly compilation) run with `-m slow`: the default suite
-# keeps r3d_18 (both shortcuts), FlowNetS-BN (BatchNorm; plain FlowNetS's biases, 24 s, is
-# slow) and, in test_i3d.py, I3D.
-SLOW = {"c3d", "mc3_18", "r2plus1d_18", "slowfast-i3d-r50", "videogpt-vqvae", "pytorch-i3d",
-        "flownets"}
+# keeps r3d_18 (both shortcuts), FlowNetS (bias, BatchNorm) and, in test_i3d.py, I3D.
+SLOW = {"c3d", "mc3_18", "r2plus1d_18", "slowfast-i3d-r50", "videogpt-vqvae", "pytorch-i3d"}
 
 
 @pytest.mark.parametrize("name, make, input_size, alone, sliced",
