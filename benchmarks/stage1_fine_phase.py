@@ -74,8 +74,8 @@ def main(argv=None):
     p.add_argument("--every", type=int, default=15)
     p.add_argument("--robust", action="store_true")
     args = p.parse_args(argv)
-    if args.coarse != sorted(args.coarse) or args.fine % args.every:
-        p.error("--coarse must increase and --every divide --fine")
+    if args.coarse != sorted(args.coarse) or args.fine < args.every or args.fine % args.every:
+        p.error("--coarse must increase and --every divide --fine (at least once)")
     with open(args.reference) as f:
         rows = json.load(f)["rows"]
     layer, size = rows[0]["layer"], tuple(rows[0]["model_input"])
