@@ -3,15 +3,18 @@ and the coarse phase's length change (an experiment behind benchmarks/results/st
 
     PYTHONPATH=.:tests:benchmarks python benchmarks/stage1_fine_phase.py \
         --reference benchmarks/results/reference_quality_20261126T083941Z.json \
-        --coarse 400,800 --fine-lrs 0.02,0.05,0.1,0.2,0.3,0.5
+        --coarse 400,800 --fine-lrs 0.1,0.2 --aligns corner,centre --rolls
 
 The task of benchmarks/stage1_coarse.py (I3D Mixed_3b, kernels 0-3, model input 16x112x112,
 the `fast` preset at lr 0.2 with shift-only jitter; its first phase on 16x56x56). The coarse
 phase runs once, for each count in --coarse in turn (each continuing the last); from its
-states, for each learning rate in --fine-lrs, the videos are tiled (kvjax.stage1's own tiling
-program, a fresh Adam at that rate) and --fine steps run at full size. The mean objective (no
-transform: kvjax's final activation) is measured right after the tiling and every --every
-full-size steps; the reference's robust objective (--robust) of the last videos. Built from
+states, for each tiling in --aligns (param.tile's: "corner", what optimize does for this
+channel objective, or "centre") and each learning rate in --fine-lrs, the videos are tiled
+(kvjax.stage1's own tiling program, a fresh Adam at that rate) and --fine steps run at full
+size. The mean objective (no transform: kvjax's final activation) is measured right after the
+tiling and every --every full-size steps; the reference's robust objective (--robust) of the
+last videos. --rolls: the objective of the coarse videos tiled and rolled by r pixels in H and
+W, for every even r (r = 0: "corner"). Built from
 kvjax.stage1's programs (not `optimize`, which has one learning rate for both phases), so
 one coarse phase serves every variant; the programs are the ones `optimize` runs.
 """
@@ -57,6 +60,15 @@ def run(prog, states, kernels, n: int):
     return states
 
 
+def roll_scan(features, videos, kernels, step: int = 2) -> dict:
+    """{r: mean channel objective of videos f32[K,T,h,w,3] tiled 2x2 and rolled r px in H and
+    W}, for r = 0, step, ... < h (the same objective as measure's, on NumPy-tiled videos)."""
+    value = jax.jit(jax.vmap(lambda v, k: jnp.mean(features(v, channel=k))))
+    tiled = np.tile(np.asarray(videos), (1, 1, 2, 2, 1))
+    return {r: float(np.mean(value(jnp.asarray(np.roll(tiled, (r, r), axis=(2, 3))), kernels)))
+            for r in range(0, videos.shape[2], step)}
+
+
 def measure(prog, states, kernels) -> tuple:
     """(videos, mean objective without transform) of the states, as optimize's result."""
     videos, values = stage1._finish(*prog[:2], states, kernels, prog[2])
@@ -68,7 +80,9 @@ def main(argv=None):
     p.add_argument("--reference", required=True, help="a reference_torch.py quality JSON")
     p.add_argument("--coarse", type=_ints, default=[400, 800],
                    help="coarse step counts, increasing (each continues the last)")
-    p.add_argument("--fine-lrs", type=_floats, default=[0.02, 0.05, 0.1, 0.2, 0.3, 0.5])
+    p.add_argument("--fine-lrs", type=_floats, default=[0.1, 0.2])
+    p.add_argument("--aligns", type=lambda t: t.split(","), default=["corner", "centre"])
+    p.add_argument("--rolls", action="store_true")
     p.add_argument("--lr", type=float, default=0.2, help="the coarse phase's Adam lr")
     p.add_argument("--fine", type=int, default=90)
     p.add_argument("--every", type=int, default=15)
@@ -100,16 +114,23 @@ def main(argv=None):
         states = jax.block_until_ready(run(coarse, states, ks, n - done))
         done = n
         coarse_s = time.perf_counter() - t0
-        for lr in args.fine_lrs:
+        if args.rolls:
+            small, value = measure(coarse, states, ks)
+            row = {"coarse_steps": n, "coarse_objective": value,
+                   "rolled": roll_scan(features, small, ks)}
+            out["rows"].append(row)
+            print(json.dumps(row), flush=True)
+        for align, lr in [(a, lr) for a in args.aligns for lr in args.fine_lrs]:
             fine = program(features, dataclasses.replace(fine_cfg, lr=lr))
-            s = stage1._tile(states, coarse[2], fine[2])
+            s = stage1._tile(states, coarse[2], fine[2], align)
             curve = [measure(fine, s, ks)[1]]
             t1 = time.perf_counter()
             for _ in range(args.fine // args.every):
                 s = run(fine, s, ks, args.every)
                 videos, value = measure(fine, s, ks)
                 curve.append(value)
-            row = {"coarse_steps": n, "coarse_seconds_so_far": coarse_s, "fine_lr": lr,
+            row = {"coarse_steps": n, "coarse_seconds_so_far": coarse_s, "align": align,
+                   "fine_lr": lr,
                    "fine_steps": list(range(0, args.fine + 1, args.every)), "objective": curve,
                    "fine_seconds": time.perf_counter() - t1, "loadavg": os.getloadavg()}
             if args.robust:

@@ -38,6 +38,9 @@ def main(argv=None):
     p.add_argument("--reference", required=True, help="a reference_torch.py quality JSON")
     p.add_argument("--settings", default="800:200:75",
                    help="comma-separated n28:n56:n112 step counts")
+    p.add_argument("--align", default="corner", choices=("corner", "centre"),
+                   help="param.tile's alignment at each tiling (corner: what optimize does for "
+                        "a channel objective; results before 2026-12-03T18:40 used centre)")
     args = p.parse_args(argv)
     settings = [tuple(int(n) for n in s.split(":")) for s in args.settings.split(",")]
     with open(args.reference) as f:
@@ -66,7 +69,7 @@ def main(argv=None):
         for i, (prog, n) in enumerate(zip(progs, steps)):
             level = {"size": prog[2].size, "steps": n}
             if i:
-                states = stage1._tile(states, progs[i - 1][2], prog[2])
+                states = stage1._tile(states, progs[i - 1][2], prog[2], args.align)
                 level["tiled"] = measure(prog, states, ks)[1]
             states = run(prog, states, ks, n)
             level["objective"] = measure(prog, states, ks)[1]

@@ -32,10 +32,14 @@ class Objective:
     the same value on that channel alone (acts f32[t,h,w,1], kernel 0), which lets stage 1
     compute only that channel of the layer. `fixed_position`: True when it reads a position
     given in layer coordinates (a neuron not at the centre), which stage 1's coarse phase
-    (Stage1Config.coarse_steps) cannot map onto its smaller layer output.
+    (Stage1Config.coarse_steps) cannot map onto its smaller layer output. `reads_centre`: True
+    when it reads the layer's centre position (a neuron at its default position); the coarse
+    phase's video is then tiled with its centre kept at the centre (`param.tile`'s "centre"),
+    else with its corners at the corners.
     """
     one_channel = False
     fixed_position = False  # reads a position given in layer coordinates (see Neuron)
+    reads_centre = False  # reads the layer's centre position (see Neuron)
 
     def __call__(self, acts: jax.Array, kernel) -> jax.Array:
         raise NotImplementedError
@@ -101,6 +105,10 @@ class Neuron(Objective):
     def fixed_position(self):
         return self.position is not None
 
+    @property
+    def reads_centre(self):
+        return self.position is None
+
     def __call__(self, acts, kernel):
         x = _channel_of(acts, kernel)
         pos = self.position
@@ -156,6 +164,10 @@ class Sum(Objective):
     def fixed_position(self):
         return any(t.fixed_position for t in self.terms)
 
+    @property
+    def reads_centre(self):
+        return any(t.reads_centre for t in self.terms)
+
     def n_indices(self, channels):
         return min(t.n_indices(channels) for t in self.terms)
 
@@ -178,6 +190,10 @@ class Scaled(Objective):
     @property
     def fixed_position(self):
         return self.objective.fixed_position
+
+    @property
+    def reads_centre(self):
+        return self.objective.reads_centre
 
     def n_indices(self, channels):
         return self.objective.n_indices(channels)

@@ -132,28 +132,36 @@ def spectral(size: Size, sd: float = 0.01, decay: float = 1.0, time_weight: floa
 PARAMS = {"pixel": pixel, "spectral": spectral}
 
 
-def tile_shift(n: int, factor: int) -> int:
-    """The roll, in pixels, that puts the centre ((n - 1) // 2, as objectives.neuron's default)
-    of an n-pixel axis repeated `factor` times at the centre of the factor*n-pixel result."""
-    return (factor * n - 1) // 2 - (n - 1) // 2
+ALIGNS = ("corner", "centre")
 
 
-def tile(name: str, params, size: Size, factor: int, **kwargs):
+def tile_shift(n: int, factor: int, align: str = "corner") -> int:
+    """The roll, in pixels, of an n-pixel axis repeated `factor` times: "centre" puts its centre
+    ((n - 1) // 2, as objectives.neuron's default) at the centre of the factor*n-pixel result;
+    "corner" is no roll (its first pixel stays the first)."""
+    if align not in ALIGNS:
+        raise ValueError(f"unknown tile alignment {align!r}; valid: {', '.join(ALIGNS)}")
+    return (factor * n - 1) // 2 - (n - 1) // 2 if align == "centre" else 0
+
+
+def tile(name: str, params, size: Size, factor: int, *, align: str = "corner", **kwargs):
     """Params of a `size` (T, H, W) video -> params of the (T, factor*H, factor*W) video that
-    renders as that video tiled factor x factor in space and rolled so that its centre pixel
-    lands on the big video's centre (`tile_shift`): big[t, y, x] = small[t, (y - sy) mod H,
-    (x - sx) mod W]. Exact for both parameterisations (render is pointwise after the spectral
-    basis): pixel params are tiled and rolled; spectral coefficient (f_t, u, v) of the small
-    video becomes (f_t, factor*u, factor*v) of the big one, times factor^2 (irfftn's 1/N), times
-    the roll's phase, over the big video's `spectrum_scale`; the other coefficients are zero.
-    kwargs: the parameterisation's settings (sd, decay, time_weight), as for `make`.
+    renders as that video tiled factor x factor in space and rolled by `tile_shift(align)`:
+    big[t, y, x] = small[t, (y - sy) mod H, (x - sx) mod W]. align "corner" (np.tile): no roll,
+    the small video's corners are the big one's corners; "centre": the small video's centre
+    pixel lands on the big one's centre. Exact for both parameterisations (render is pointwise after
+    the spectral basis): pixel params are tiled and rolled; spectral coefficient (f_t, u, v)
+    of the small video becomes (f_t, factor*u, factor*v) of the big one, times factor^2
+    (irfftn's 1/N), times the roll's phase, over the big video's `spectrum_scale`; the other
+    coefficients are zero. kwargs: the parameterisation's settings (sd, decay, time_weight),
+    as for `make`.
     """
     t, h, w = _check_size(size)
     factor = int(factor)
     if factor < 1:
         raise ValueError(f"tile factor must be a positive integer; got {factor}")
     big = (t, factor * h, factor * w)
-    sy, sx = tile_shift(h, factor), tile_shift(w, factor)
+    sy, sx = tile_shift(h, factor, align), tile_shift(w, factor, align)
     if name == "pixel":
         chex.assert_shape(params, (*size, 3))
         return jnp.roll(jnp.tile(params, (1, factor, factor, 1)), (sy, sx), axis=(1, 2))

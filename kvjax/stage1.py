@@ -168,10 +168,11 @@ class Stage1Config:
         return [coarse, dataclasses.replace(self, steps=self.steps - self.coarse_steps,
                                             coarse_steps=0)]
 
-    def tile_params(self, params):
+    def tile_params(self, params, align: str = "corner"):
         """Params of a video of this config's size -> those of the video tiled coarse_factor x
-        coarse_factor in H and W (kvjax.param.tile)."""
-        return param_lib.tile(self.param, params, self.size, self.coarse_factor,
+        coarse_factor in H and W, its corners ("corner") or its centre ("centre") kept
+        (kvjax.param.tile)."""
+        return param_lib.tile(self.param, params, self.size, self.coarse_factor, align=align,
                               **self._param_kwargs())
 
     def make_optimizer(self) -> optax.GradientTransformation:
@@ -423,12 +424,25 @@ def _finish(arrays, static, states, kernels, config, mesh=None):
     return devices_lib.over_kernels(local, mesh, specs)(arrays, states, kernels)
 
 
-@compiler.jit(static_argnames=("config", "fine", "mesh"))
-def _tile(states, config, fine, mesh=None):
+def tile_align(objective: objectives_lib.Objective) -> str:
+    """How coarse to fine tiles the coarse phase's videos for `objective` (param.tile's align):
+    "centre" when it reads the layer's centre (a centre neuron), else "corner".
+
+    Corners, because the coarse video adapts to the network's zero padding at its borders:
+    tiled with its corners at the big video's corners, those borders stay borders. Measured on
+    I3D Mixed_3b, kernels 0-3, 400 coarse steps on 16x56x56 (7.92 there), tiled to 16x112x112:
+    7.77 with the corners kept, 7.10 with the centre kept (a roll of 28 px), 6.5-7.2 at the
+    other rolls; benchmarks/results/stage1.md."""
+    return "centre" if objective.reads_centre else "corner"
+
+
+@compiler.jit(static_argnames=("config", "fine", "align", "mesh"))
+def _tile(states, config, fine, align="corner", mesh=None):
     """Coarse phase states (`config`) -> fine phase states (`fine`): each video's params tiled
-    (Stage1Config.tile_params), a fresh optimiser state; keys and `finite` carried over."""
+    (Stage1Config.tile_params, `align`), a fresh optimiser state; keys and `finite` carried
+    over."""
     def local(states):
-        params = jax.vmap(config.tile_params)(states.params)
+        params = jax.vmap(lambda p: config.tile_params(p, align))(states.params)
         opt_state = jax.vmap(fine.make_optimizer().init)(params)
         return Stage1State(params, opt_state, states.key, states.finite)
     return devices_lib.over_kernels(local, mesh, (devices_lib.KERNEL_AXIS,))(states)
@@ -628,7 +642,7 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
     key = jax.random.key(0) if key is None else key
     objective = objective or objectives_lib.channel()
     kernels = _check_kernels(kernels, features, config, objective)
-    phases = config.phases()
+    phases, align = config.phases(), tile_align(objective)
     phase_features = [features] * len(phases)
     if len(phases) > 1:
         phase_features[0] = coarse_features(features, config.coarse_factor)
@@ -660,12 +674,12 @@ def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | 
         states, start = _start(arrays, static, key, ks, prog, mesh)
         if len(parts) > 1:  # the start as the full-size network sees the tiled initial video
             fine_arrays, fine_static, fine_prog = parts[-1][:3]
-            _, start = _finish(fine_arrays, fine_static, _tile(states, prog, fine_prog, mesh),
-                               ks, fine_prog, mesh)
+            _, start = _finish(fine_arrays, fine_static,
+                               _tile(states, prog, fine_prog, align, mesh), ks, fine_prog, mesh)
         traces, done = [], 0
         for i, (arrays, static, prog, steps, plan) in enumerate(parts):
             if i:
-                states = _tile(states, parts[i - 1][2], prog, mesh)
+                states = _tile(states, parts[i - 1][2], prog, align, mesh)
             n_segments, seg_len, unrolled = plan
             for s in range(n_segments):
                 n_active = min(seg_len, steps - s * seg_len)

@@ -92,19 +92,25 @@ def test_constructors_are_cached_and_checked():
                                           ((2, 5, 6), 3)])
 @pytest.mark.parametrize("name, kw", [("pixel", {}), ("spectral", dict(decay=1.5)),
                                       ("spectral", dict(decay=1.0, time_weight=2.0))])
-def test_tile_renders_the_video_tiled_with_its_centre_kept(size, factor, name, kw):
+@pytest.mark.parametrize("align", ["corner", "centre"])
+def test_tile_renders_the_video_tiled_with_its_corners_or_centre_kept(size, factor, name, kw,
+                                                                      align):
     """param.tile (stage 1's coarse to fine) is exact: the big params render as the small
-    video repeated factor x factor (NumPy) and rolled so that centre pixel stays the centre."""
+    video repeated factor x factor (NumPy), as it is ("corner") or rolled so that its centre
+    pixel is the big one's centre ("centre")."""
     small_p = param.make(name, size, **kw)
     params = jax.tree_util.tree_map(lambda x: 100 * x, small_p.init(jax.random.key(1)))
     small = np.asarray(small_p.render(params))
     assert small.std() > 0.05  # far from flat grey: a wrong mapping would show
     t, h, w = size
     big = param.make(name, (t, factor * h, factor * w), **kw).render(
-        param.tile(name, params, size, factor, **kw))
+        param.tile(name, params, size, factor, align=align, **kw))
     centre = lambda n: (n - 1) // 2  # noqa: E731
-    shift = [centre(factor * n) - centre(n) for n in (h, w)]
+    shift = [centre(factor * n) - centre(n) if align == "centre" else 0 for n in (h, w)]
     want = np.roll(np.tile(small, (1, factor, factor, 1)), shift, axis=(1, 2))
     np.testing.assert_allclose(big, want, atol=1e-6)
-    np.testing.assert_array_equal(want[:, centre(factor * h), centre(factor * w)],
-                                  small[:, centre(h), centre(w)])
+    if align == "centre":
+        np.testing.assert_array_equal(want[:, centre(factor * h), centre(factor * w)],
+                                      small[:, centre(h), centre(w)])
+    with pytest.raises(ValueError, match="unknown tile alignment 'middle'; valid: corner, cent"):
+        param.tile(name, params, size, factor, align="middle", **kw)

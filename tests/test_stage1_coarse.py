@@ -14,11 +14,11 @@ SMALL = (SIZE[0], SIZE[1] // 2, SIZE[2] // 2)
 KEY = jax.random.key(11)
 
 
-def _tile(videos, factor=2):
-    """Videos f32[K,T,H,W,3] tiled factor x factor and rolled so the centre stays the centre
-    (NumPy, independent of param.tile)."""
+def _tile(videos, factor=2, centre=False):
+    """Videos f32[K,T,H,W,3] tiled factor x factor, corners at the corners or (centre) rolled
+    so the centre stays the centre (NumPy, independent of param.tile)."""
     h, w = videos.shape[2:4]
-    shift = [(factor * n - 1) // 2 - (n - 1) // 2 for n in (h, w)]
+    shift = [(factor * n - 1) // 2 - (n - 1) // 2 if centre else 0 for n in (h, w)]
     return np.roll(np.tile(videos, (1, 1, factor, factor, 1)), shift, axis=(2, 3))
 
 
@@ -33,7 +33,8 @@ def features():
 
 def test_all_coarse_steps_are_a_small_run_tiled(features):
     """coarse_steps == steps: exactly a plain run on the small video (same keys, same
-    programs), its video tiled; the start and final activations are measured at full size."""
+    programs), its video tiled with its corners at the corners (a channel objective); the
+    start and final activations are measured at full size."""
     kw = dict(param="spectral", steps=5, spectral_decay=1.5)  # 5: one step per CPU program
     small = stage1.optimize(features, [0, 3, 1], config(size=SMALL, **kw), KEY)
     r = stage1.optimize(features, [0, 3, 1], config(coarse_steps=5, **kw), KEY)
@@ -88,7 +89,7 @@ def test_each_kernel_is_its_coarse_run_tiled_then_fine_steps_with_a_fresh_optimi
     for i in (0, 3):
         k = KERNELS[i]
         state, _ = run(stage1.init(KEY, k, small), features, k, small, 2)
-        params = param.tile("pixel", state.params, SMALL, 2)
+        params = param.tile("pixel", state.params, SMALL, 2, align="corner")
         state = stage1.Stage1State(params, full.make_optimizer().init(params), state.key,
                                    state.finite)
         state, values = run(state, features, k, full, 5)
@@ -109,6 +110,7 @@ def test_builtin_features_see_the_coarse_video_at_a_smaller_input(i3d):
 
 
 def test_coarse_to_fine_errors_say_what_is_valid(features):
+    ch = objectives.channel()
     with pytest.raises(ValueError, match=r"coarse_steps must be between 0 and steps \(12\)"):
         config(coarse_steps=13)
     with pytest.raises(ValueError, match="divisible by coarse_factor"):
@@ -124,12 +126,16 @@ def test_coarse_to_fine_errors_say_what_is_valid(features):
         stage1.optimize(fixed, [0], config(coarse_steps=2))
     with pytest.raises(ValueError, match=r"cannot be computed on the coarse phase's \(4, 1, 1\)"):
         stage1.optimize(features, [0], config(coarse_steps=2, size=(4, 4, 4), coarse_factor=4))
-    # The centre neuron is allowed: param.tile keeps the video's centre at the centre, so the
-    # full-size layer's centre sees what the small layer's centre saw.
+    # The centre neuron is allowed: its video is tiled with the centre kept at the centre, so
+    # the full-size layer's centre sees what the small layer's centre saw (tiled by the
+    # corners, the centre would see where four copies meet).
     centre = objectives.neuron()
+    assert stage1.tile_align(centre) == "centre" == stage1.tile_align(0.5 * centre + 2 * ch)
+    assert stage1.tile_align(ch) == "corner" == stage1.tile_align(ch + ch)
     small = stage1.optimize(features, [0, 1, 2, 3], config(size=SMALL, steps=4), KEY,
                             objective=centre)
     r = stage1.optimize(features, [0, 1, 2, 3], config(coarse_steps=4, steps=4), KEY,
                         objective=centre)
     assert np.any(small.activation > 0.01)
+    np.testing.assert_allclose(r.videos, _tile(small.videos, centre=True), atol=2e-6)
     np.testing.assert_allclose(r.activation, small.activation, rtol=1e-5, atol=1e-6)
