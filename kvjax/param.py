@@ -149,12 +149,12 @@ def tile(name: str, params, size: Size, factor: int, *, align: str = "corner", *
     renders as that video tiled factor x factor in space and rolled by `tile_shift(align)`:
     big[t, y, x] = small[t, (y - sy) mod H, (x - sx) mod W]. align "corner" (np.tile): no roll,
     the small video's corners are the big one's corners; "centre": the small video's centre
-    pixel lands on the big one's centre. Exact for both parameterisations (render is pointwise after
-    the spectral basis): pixel params are tiled and rolled; spectral coefficient (f_t, u, v)
-    of the small video becomes (f_t, factor*u, factor*v) of the big one, times factor^2
-    (irfftn's 1/N), times the roll's phase, over the big video's `spectrum_scale`; the other
-    coefficients are zero. kwargs: the parameterisation's settings (sd, decay, time_weight),
-    as for `make`.
+    pixel lands on the big one's centre. Exact for both parameterisations (render is pointwise
+    after the spectral basis): pixel params are tiled and rolled; spectral coefficient
+    (f_t, u, v) of the small video becomes (f_t, factor*u, factor*v) of the big one, times
+    factor^2 (irfftn's 1/N), times the roll's phase, over the big video's `spectrum_scale`; the
+    other coefficients are zero. kwargs: the parameterisation's settings (sd, decay,
+    time_weight), as for `make`.
     """
     t, h, w = _check_size(size)
     factor = int(factor)
