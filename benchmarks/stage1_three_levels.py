@@ -40,7 +40,7 @@ def main(argv=None):
                    help="comma-separated n28:n56:n112 step counts")
     p.add_argument("--align", default="corner", choices=("corner", "centre"),
                    help="param.tile's alignment at each tiling (corner: what optimize does for "
-                        "a channel objective; results before 2026-12-03T18:40 used centre)")
+                        "a channel objective; stage1_three_levels_20261203T170101Z.json: centre)")
     args = p.parse_args(argv)
     settings = [tuple(int(n) for n in s.split(":")) for s in args.settings.split(",")]
     with open(args.reference) as f:
