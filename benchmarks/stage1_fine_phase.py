@@ -87,6 +87,10 @@ def main(argv=None):
     p.add_argument("--fine", type=int, default=90)
     p.add_argument("--every", type=int, default=15)
     p.add_argument("--robust", action="store_true")
+    p.add_argument("--layer", default=None,
+                   help="another I3D layer than the reference's (no target then)")
+    p.add_argument("--kernels", type=_ints, default=None,
+                   help="other kernels than the reference's (no target then)")
     args = p.parse_args(argv)
     if args.coarse != sorted(args.coarse) or args.fine < args.every or args.fine % args.every:
         p.error("--coarse must increase and --every divide --fine (at least once)")
@@ -95,6 +99,8 @@ def main(argv=None):
     layer, size = rows[0]["layer"], tuple(rows[0]["model_input"])
     kernels = [r["kernel"] for r in rows]
     target = float(np.mean([r["activation"][-1] for r in rows]))
+    if args.layer or args.kernels:  # another task at the same size: no reference value
+        layer, kernels, target = args.layer or layer, args.kernels or kernels, None
     model = kvjax.load_model("i3d")
     features = model.features(layer, input_size=size)
     ks = jnp.asarray(kernels, jnp.int32)
@@ -106,7 +112,8 @@ def main(argv=None):
     coarse = program(stage1.coarse_features(features, config.coarse_factor), coarse_cfg)
     out = {"machine": describe(), "args": vars(args), "layer": layer, "kernels": kernels,
            "model_input": size, "target": target, "rows": []}
-    print(f"target (reference, 1500 steps): {target:.3f}", flush=True)
+    print(f"{layer}, kernels {kernels}: target (reference, 1500 steps) "
+          f"{'none' if target is None else f'{target:.3f}'}", flush=True)
     t0 = time.perf_counter()
     states, _ = stage1._start(*coarse[:2], jax.random.key(0), ks, coarse[2])
     done = 0
