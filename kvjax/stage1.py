@@ -433,8 +433,10 @@ def tile_align(objective: objectives_lib.Objective) -> str:
     Corners, because the coarse video adapts to the network's zero padding at its borders:
     tiled with its corners at the big video's corners, those borders stay borders. Measured on
     I3D Mixed_3b, kernels 0-3, 400 coarse steps on 16x56x56 (7.92 there), tiled to 16x112x112:
-    7.77 with the corners kept, 7.10 with the centre kept (a roll of 28 px), 6.5-7.2 at the
-    other rolls; benchmarks/results/stage1.md."""
+    7.77 with the corners kept, 7.10 with the centre kept (a roll of 28 px), 6.5-7.5 at the
+    other rolls; on Mixed_4b kernels 0-3 (300 coarse steps, 12.31 there) 10.96 against 9.14;
+    on Mixed_3b kernels 8-11 7.33 against 7.06 (a 4 px roll: 7.65; no roll but 0 is best on
+    all three); benchmarks/results/stage1.md, "Coarse to fine tiled by the corners"."""
     return "centre" if objective.reads_centre else "corner"
 
 
