@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kvjax
-from kvjax import stage1
+from kvjax import param, stage1
 from kvjax import transforms as transforms_lib
 from machine import describe, save_results
 from stage1_coarse import RESULTS, robust
@@ -81,7 +81,7 @@ def main(argv=None):
     p.add_argument("--coarse", type=_ints, default=[400, 800],
                    help="coarse step counts, increasing (each continues the last)")
     p.add_argument("--fine-lrs", type=_floats, default=[0.1, 0.2])
-    p.add_argument("--aligns", type=lambda t: t.split(","), default=["corner", "centre"])
+    p.add_argument("--aligns", type=lambda t: t.split(","), default=list(param.ALIGNS))
     p.add_argument("--rolls", action="store_true")
     p.add_argument("--lr", type=float, default=0.2, help="the coarse phase's Adam lr")
     p.add_argument("--fine", type=int, default=90)

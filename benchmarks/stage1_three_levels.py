@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kvjax
-from kvjax import stage1
+from kvjax import param, stage1
 from kvjax import transforms as transforms_lib
 from machine import describe, save_results
 from stage1_coarse import RESULTS
@@ -38,7 +38,7 @@ def main(argv=None):
     p.add_argument("--reference", required=True, help="a reference_torch.py quality JSON")
     p.add_argument("--settings", default="800:200:75",
                    help="comma-separated n28:n56:n112 step counts")
-    p.add_argument("--align", default="corner", choices=("corner", "centre"),
+    p.add_argument("--align", default="corner", choices=param.ALIGNS,
                    help="param.tile's alignment at each tiling (corner: what optimize does for "
                         "a channel objective; stage1_three_levels_20261203T170101Z.json: centre)")
     args = p.parse_args(argv)

@@ -170,7 +170,7 @@ class Stage1Config:
         return [coarse, dataclasses.replace(self, steps=self.steps - self.coarse_steps,
                                             coarse_steps=0)]
 
-    def tile_params(self, params, align: str = "corner"):
+    def tile_params(self, params, align: str):
         """Params of a video of this config's size -> those of the video tiled coarse_factor x
         coarse_factor in H and W, its corners ("corner") or its centre ("centre") kept
         (kvjax.param.tile)."""
@@ -441,7 +441,7 @@ def tile_align(objective: objectives_lib.Objective) -> str:
 
 
 @compiler.jit(static_argnames=("config", "fine", "align", "mesh"))
-def _tile(states, config, fine, align="corner", mesh=None):
+def _tile(states, config, fine, align, mesh=None):
     """Coarse phase states (`config`) -> fine phase states (`fine`): each video's params tiled
     (Stage1Config.tile_params, `align`), a fresh optimiser state; keys and `finite` carried
     over."""
