@@ -8,10 +8,14 @@ Why this module exists: XLA's CPU backend runs 3D `conv_general_dilated`, and ab
 input gradient, 10-300x slower than PyTorch (oneDNN). On CPU `conv3d` therefore rewrites each
 convolution as slices + matrix products (or 2D convolutions) chosen per shape by `_cpu_strategy`;
 everything is plain differentiable jnp/lax, so grad, vmap, jit and higher derivatives need no
-custom rules. On GPU/TPU the native op is the fast one and is used unchanged.
+custom rules. On GPU/TPU the native op is the fast one and is used unchanged. One exception,
+opt-in: inside `reverse_mode_only()` (what kvjax.stage1.step traces its gradient in), CPU max
+pools take a reverse-mode-only form with a hand-written gradient (`_max_pool_vjp`).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Sequence
 
@@ -398,7 +402,127 @@ def _pool_separable(x, init, op, window, strides, pads):
     return x
 
 
-POOL_IMPLS = {"native": _pool_native, "separable": _pool_separable}
+def _max_stage(x, axis: int, k: int, s: int):
+    """One axis of the separable max: (y, idx) with idx s8 the window tap that won, the first
+    on a tie (as `_first_max`; a NaN wins and propagates)."""
+    n = (x.shape[axis] - k) // s + 1
+    y = idx = None
+    for a in range(k):
+        xa = lax.slice_in_dim(x, a, a + (n - 1) * s + 1, s, axis=axis)
+        if y is None:
+            y, idx = xa, jnp.zeros(xa.shape, jnp.int8)
+        else:
+            keep = (y >= xa) | jnp.isnan(y)
+            y, idx = jnp.where(keep, y, xa), jnp.where(keep, idx, jnp.int8(a))
+    return y, idx
+
+
+def _pad_axis(x, axis: int, lo: int, hi: int, value: float = 0.0):
+    """x padded along one axis with `value`, by concatenation."""
+    parts = []
+    for n in (lo, None, hi):
+        if n is None:
+            parts.append(x)
+        elif n:
+            shape = list(x.shape)
+            shape[axis] = n
+            parts.append(jnp.full(shape, value, x.dtype))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+
+
+def _max_unstage(g, idx, axis: int, k: int, s: int, length: int):
+    """The gradient of one `_max_stage` input (`length` cells along `axis`) from its output's
+    gradient g: each output cell's gradient goes to its winning tap. Stride 1: k shifted
+    selects. Stride s > 1: per phase q of the input cells (j = s*m + q) the taps a = q + s*d,
+    then the phases interleaved by a reshape: edge pads only, no interior-padded scatter."""
+    n = g.shape[axis]
+    parts = [jnp.where(idx == a, g, 0.0) for a in range(k)]
+    if s == 1:
+        return sum(_pad_axis(c, axis, a, length - n - a) for a, c in enumerate(parts))
+    m = -(-length // s)
+    phases = []
+    for q in range(s):
+        taps = [_pad_axis(parts[a], axis, (a - q) // s, m - n - (a - q) // s)
+                for a in range(q, k, s)]
+        if taps:
+            phases.append(sum(taps))
+        else:
+            shape = list(g.shape)
+            shape[axis] = m
+            phases.append(jnp.zeros(shape, g.dtype))
+    shape = list(g.shape)
+    shape[axis] = m * s
+    return lax.slice_in_dim(jnp.stack(phases, axis=axis + 1).reshape(shape), 0, length, axis=axis)
+
+
+def _max_pool_stages(x, window, strides, pads):
+    """(y, per pooled axis (axis, window, stride, input length, idx)) of the max pool."""
+    for axis, lo_hi in zip((1, 2, 3), pads):
+        x = _pad_axis(x, axis, *lo_hi, value=-jnp.inf)
+    stages = []
+    for axis, k, s in zip((1, 2, 3), window, strides):
+        if k == 1 and s == 1:
+            continue
+        length = x.shape[axis]
+        x, idx = _max_stage(x, axis, k, s)
+        stages.append((axis, k, s, length, idx))
+    return x, stages
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_vjp(x, window, strides, pads):
+    """The separable max pool (same values, same tie rule) with a hand-written gradient.
+
+    Reverse mode only (jax.jvp refuses a custom_vjp). Its backward pass keeps each axis's
+    winning tap (s8) and routes the gradient with selects and edge pads, where autodiff of
+    the select chain transposes every strided tap into an interior-padded scatter. Measured
+    on I3D's pools (2-core AMD EPYC, forward + gradient, 16 frames: 1x3x3/2 on 112x112x64
+    and 56x56x192, 3x3x3/2 on 28x28x480): 0.35 s against 0.40-0.44 s for all of I3D's pools
+    up to Mixed_4b, and 3-4% of the whole Mixed_4b stage-1 step (benchmarks/results/
+    stage1.md, fourteenth session)."""
+    return _max_pool_stages(x, window, strides, pads)[0]
+
+
+def _max_pool_vjp_fwd(x, window, strides, pads):
+    y, stages = _max_pool_stages(x, window, strides, pads)
+    return y, (stages, x.shape)
+
+
+def _max_pool_vjp_bwd(window, strides, pads, residuals, g):
+    stages, shape = residuals
+    for axis, k, s, length, idx in reversed(stages):
+        g = _max_unstage(g, idx, axis, k, s, length)
+    start = (0, *(lo for lo, _ in pads), 0)
+    return (lax.slice(g, start, tuple(a + n for a, n in zip(start, shape))),)
+
+
+_max_pool_vjp.defvjp(_max_pool_vjp_fwd, _max_pool_vjp_bwd)
+
+
+def _pool_separable_vjp(x, init, op, window, strides, pads):
+    """Max: `_max_pool_vjp` (reverse mode only); other reductions: `_pool_separable`."""
+    if op is not lax.max:
+        return _pool_separable(x, init, op, window, strides, pads)
+    return _max_pool_vjp(x, tuple(window), tuple(strides), tuple(map(tuple, pads)))
+
+
+POOL_IMPLS = {"native": _pool_native, "separable": _pool_separable,
+              "separable_vjp": _pool_separable_vjp}
+
+_REVERSE_MODE_ONLY = contextvars.ContextVar("kvjax_reverse_mode_only", default=False)
+
+
+@contextlib.contextmanager
+def reverse_mode_only():
+    """Code traced inside may be differentiated in reverse mode only: CPU max pools
+    (impl "cpu") then take the faster "separable_vjp" form, whose gradient is hand-written
+    and which refuses forward mode (jax.jvp, jacfwd). Read at trace time; kvjax.stage1.step
+    traces its gradient inside. Outside, "cpu" is "separable", plain autodiff in every mode."""
+    token = _REVERSE_MODE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _REVERSE_MODE_ONLY.reset(token)
 
 
 def _pool(x, init, op, window, strides, padding, impl):
@@ -411,7 +535,7 @@ def _pool(x, init, op, window, strides, padding, impl):
     pads = resolve_padding(x.shape[1:4], window, strides, padding)
     impl = impl or ("cpu" if jax.default_backend() == "cpu" else "native")
     if impl == "cpu":
-        impl = "separable"
+        impl = "separable_vjp" if _REVERSE_MODE_ONLY.get() else "separable"
     if impl not in POOL_IMPLS:
         raise ValueError(f"unknown pooling impl {impl!r}; expected 'cpu' or one of "
                          f"{sorted(POOL_IMPLS)}")
@@ -430,6 +554,8 @@ def max_pool3d(x: jax.Array, window: Sequence[int], strides: Sequence[int],
     elementwise work per tap in the backward pass (I3D's Mixed_4b stage-1 step at the paper
     preset, 7 alternating runs each on the 2-core dev VM: 1.85 s against 1.95 s on average,
     a gain within that VM's run-to-run spread of ~0.15 s; benchmarks/results/stage1.md).
+    The "separable_vjp" form (CPU default inside `reverse_mode_only()`) has the same values
+    and tie rule, and a hand-written gradient; it refuses forward mode.
     """
     return _pool(x, -jnp.inf, lax.max, window, strides, padding, impl)
 

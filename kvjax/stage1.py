@@ -56,6 +56,7 @@ import optax
 from kvjax import compiler
 from kvjax import devices as devices_lib
 from kvjax import objectives as objectives_lib
+from kvjax import ops
 from kvjax import param as param_lib
 from kvjax import presets
 from kvjax import transforms as transforms_lib
@@ -299,7 +300,8 @@ def step(state: Stage1State, features: Features, kernel, config: Stage1Config,
         acts, index = activations(features, video, kernel, config, objective)
         return -objectives_lib.evaluate(objective, acts, index)  # maximise
 
-    neg_value, grads = jax.value_and_grad(loss)(state.params)
+    with ops.reverse_mode_only():  # CPU max pools: the hand-written gradient (kvjax.ops)
+        neg_value, grads = jax.value_and_grad(loss)(state.params)
     updates, opt_state = config.make_optimizer().update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = state.finite & jnp.isfinite(neg_value) & _all_finite(grads) & _all_finite(params)

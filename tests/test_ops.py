@@ -222,7 +222,7 @@ def test_max_pool_matches_reduce_window(case):
     ref_fn = lambda x: _ref_pool(x, -jnp.inf, lax.max, window, strides, padding)  # noqa: E731
     ct = _normal(jax.eval_shape(ref_fn, x).shape, 1)
     y_ref, g_ref = _pool_value_and_grad(ref_fn, x, ct)
-    for impl in ("cpu", "separable", "native"):
+    for impl in ("cpu", "separable", "separable_vjp", "native"):
         y, g = _pool_value_and_grad(
             lambda x: ops.max_pool3d(x, window, strides, padding, impl=impl), x, ct)
         _close(y, y_ref, rtol=0)
@@ -235,7 +235,7 @@ def test_max_pool_padding_never_wins():
     assert float(y.max()) < -10.0
 
 
-@pytest.mark.parametrize("impl", ["separable", "native"])
+@pytest.mark.parametrize("impl", ["separable", "separable_vjp", "native"])
 def test_max_pool_ties_give_the_gradient_to_one_cell_and_nan_propagates(impl):
     # Ties (ReLU zeros before every I3D pool are common): in each 2x2x2 window of a constant
     # input, the window's whole gradient goes to one cell (for the separable form the first,
@@ -248,7 +248,7 @@ def test_max_pool_ties_give_the_gradient_to_one_cell_and_nan_propagates(impl):
     per_window = per_window.reshape(1, 2, 2, 3, 3, 8)
     assert np.all((per_window != 0).sum(-1) == 1)
     np.testing.assert_array_equal(per_window.sum(-1), np.asarray(ct))
-    if impl == "separable":
+    if impl.startswith("separable"):
         np.testing.assert_array_equal(per_window[..., 0], np.asarray(ct))
     # A NaN makes exactly the windows that hold it NaN (3x3x3 stride 1: overlapping windows),
     # as XLA's reduce_window max does, and no others.
@@ -274,13 +274,36 @@ def test_avg_pool_matches_reduce_window(window, strides, shape):
         _close(g, g_ref)
 
 
-def test_max_pool_vmap_grad():
+@pytest.mark.parametrize("impl", [None, "separable_vjp"])
+def test_max_pool_vmap_grad(impl):
     x = _normal((3, 1, 4, 7, 7, 2), 0)
     f = lambda pool: lambda v: jnp.sum(pool(v) ** 2)  # noqa: E731
-    ours = jax.jit(jax.vmap(jax.grad(f(lambda v: ops.max_pool3d(v, (3, 3, 3), (2, 2, 2))))))(x)
+    ours = jax.jit(jax.vmap(jax.grad(f(
+        lambda v: ops.max_pool3d(v, (3, 3, 3), (2, 2, 2), impl=impl)))))(x)
     ref = jax.jit(jax.vmap(jax.grad(f(lambda v: _ref_pool(v, -jnp.inf, lax.max, (3, 3, 3),
                                                   (2, 2, 2), "SAME")))))(x)
     _close(ours, ref, rtol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU forms")
+def test_reverse_mode_only_switches_cpu_max_pools():
+    # Outside the context the CPU max pool is plain autodiff: forward mode works and agrees
+    # with reverse mode. Inside, it is the hand-written reverse-only form: the same gradient,
+    # and jax.jvp refuses it; average pools are unaffected.
+    x = _normal((1, 4, 9, 8, 3), 0)
+    v = _normal(x.shape, 1)
+    pool = lambda x: ops.max_pool3d(x, (3, 3, 3), (2, 2, 2))  # noqa: E731
+    loss = lambda x: jnp.sum(jnp.sin(pool(x)))  # noqa: E731
+    grad_plain = jax.grad(loss)(x)
+    tangent = jax.jvp(loss, (x,), (v,))[1]
+    np.testing.assert_allclose(tangent, jnp.vdot(grad_plain, v), rtol=1e-5)
+    with ops.reverse_mode_only():
+        grad_vjp = jax.grad(loss)(x)
+        with pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(loss, (x,), (v,))
+        jax.jvp(lambda x: ops.avg_pool3d(x, (2, 2, 2), (2, 2, 2)).sum(), (x,), (v,))
+    _close(grad_vjp, grad_plain, rtol=1e-6)
+    jax.jvp(loss, (x,), (v,))  # the context is left: forward mode again
 
 
 # ------------------------------------------------------------------- conv3d_channel
