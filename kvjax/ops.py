@@ -476,10 +476,10 @@ def _max_pool_vjp(x, window, strides, pads):
     Reverse mode only (jax.jvp refuses a custom_vjp). Its backward pass keeps each axis's
     winning tap (s8) and routes the gradient with selects and edge pads, where autodiff of
     the select chain transposes every strided tap into an interior-padded scatter. Measured
-    on I3D's pools (2-core AMD EPYC, forward + gradient, 16 frames: 1x3x3/2 on 112x112x64
-    and 56x56x192, 3x3x3/2 on 28x28x480): 0.35 s against 0.40-0.44 s for all of I3D's pools
-    up to Mixed_4b, and 3-4% of the whole Mixed_4b stage-1 step (benchmarks/results/
-    stage1.md, fourteenth session)."""
+    on I3D's pools up to Mixed_4b (2-core AMD EPYC, forward + gradient, 16 frames): 0.35 s
+    against 0.40-0.45 s in all, the stride-2 ones 15-40% faster, the stride-1 ones the same;
+    the whole Mixed_4b stage-1 step 2.6-3.4% faster, its compiling ~3 s shorter
+    (benchmarks/results/stage1.md, fourteenth session)."""
     return _max_pool_stages(x, window, strides, pads)[0]
 
 
