@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     vis.add_argument("--param", choices=("pixel", "spectral"), default=None,
                      help="stage-1 video parameterisation")
     vis.add_argument("--chunk", type=int, default=None,
-                     help="kernels per compiled program (default: what fits in device memory)")
+                     help="kernels per compiled program (default: what fits in device memory, "
+                          "at most 32 per device, 4 per CPU device)")
     vis.add_argument("--seed", type=int, default=0)
     vis.add_argument("--out", default="kvjax-out", help="output folder (default: kvjax-out)")
     vis.add_argument("--resume", action="store_true",

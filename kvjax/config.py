@@ -4,15 +4,15 @@
     kvjax.Config("paper")                           # the paper's settings (METHOD.md)
     kvjax.Config("fast", steps1=400, size=(16, 96, 96), param="pixel", lr2=5e-3)
 
-Overrides with the CLI's names: steps1, steps2, size (T, H, W of the optimised video), lr1,
-lr2, param ("pixel" | "spectral"), chunk (kernels per compiled stage-1 program; default None:
-as many as fit in the free device memory, kvjax.devices; stage 2 always fits its chunks to the
-memory unless stage2_chunk_size is set), input_size (T, H, W the model sees; None: the model's
-own), relu_grad (the gradient of the model's ReLUs in stage 1, for `model.features`: "exact"
-in `paper`, as the reference; "redirect" in `fast`), coarse_steps (of the stage-1 steps, how
-many run first on a video half as high and wide, then tiled: Stage1Config.coarse_steps). Any
-other field of `Stage1Config` / `Stage2Config` can be set with a `stage1_` / `stage2_` prefix
-(e.g. stage2_flow_param="displacement").
+Overrides with the CLI's names: steps1, steps2, size (T, H, W of the optimised video), lr1, lr2,
+param ("pixel" | "spectral"), chunk (kernels per compiled stage-1 program; default None: as many
+as fit in the free device memory, at most 4 per CPU device, kvjax.devices; stage 2 always fits
+its chunks to the memory unless stage2_chunk_size is set), input_size (T, H, W the model sees;
+None: the model's own), relu_grad (the gradient of the model's ReLUs in stage 1, for
+`model.features`: "exact" in `paper`, as the reference; "redirect" in `fast`), coarse_steps (of
+the stage-1 steps, how many run first on a video half as high and wide, then tiled:
+Stage1Config.coarse_steps). Any other field of `Stage1Config` / `Stage2Config` can be set with a
+`stage1_` / `stage2_` prefix (e.g. stage2_flow_param="displacement").
 """
 from __future__ import annotations
 

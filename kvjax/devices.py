@@ -11,12 +11,12 @@ with no communication at all:
   back to host memory in kernel order. With one device nothing is sharded: the programs are
   exactly the unsharded ones.
 - Memory. Without an explicit chunk size, `auto_chunk` compiles the program for the whole
-  request (at most MAX_PER_DEVICE kernels per device) and reads XLA's memory analysis of it;
-  if that exceeds `SAFETY` of the device's free memory (`free_memory`), it derives the memory
-  per kernel from it (`MemoryEstimate`), compiles the largest chunk that fits, and checks
-  again. So a request for all kernels of a layer runs in as many chunks as it needs instead of
-  running out of memory, and a request that fits costs no extra compilation (the run reuses
-  the program compiled for the check).
+  request (at most `max_per_device(devices)` kernels per device: 4 on CPU, 32 elsewhere) and
+  reads XLA's memory analysis of it; if that exceeds `SAFETY` of the device's free memory
+  (`free_memory`), it derives the memory per kernel from it (`MemoryEstimate`), compiles the
+  largest chunk that fits, and checks again. So a request for all kernels of a layer runs in as
+  many chunks as it needs instead of running out of memory, and a request that fits costs no
+  extra compilation (the run reuses the program compiled for the check).
 - Processes (hosts). Process i of n takes the contiguous share `process_share(kernels, i, n)`
   and runs it on its own devices; `start_processes` reads who is who (flags, or JAX's
   distributed runtime). The CLI writes each process's chunks into the shared --out folder.
@@ -40,6 +40,7 @@ REPLICATED = PartitionSpec()        # the same on every device
 SAFETY = 0.5            # fraction of the free memory a chunk's programs may plan to use
 FALLBACK_CHUNK = 8      # kernels per device when no memory figure is available
 MAX_PER_DEVICE = 32     # automatic chunks stay below this, so long runs save work regularly
+CPU_MAX_PER_DEVICE = 4  # on CPU devices, where more kernels per program cost more per kernel
 
 
 # ----------------------------------------------------------------------------- devices
@@ -189,6 +190,24 @@ def chunk_for_memory(est: MemoryEstimate, free_bytes: int, n_devices: int,
             raise _too_big(est.fixed + est.per_kernel, est.fixed, free_bytes)
         per_device = 1
     return per_device * n_devices
+
+
+def max_per_device(devices: Sequence[jax.Device]) -> int:
+    """The most kernels per device of an automatic chunk: MAX_PER_DEVICE (32, so that long runs
+    save their work regularly), CPU_MAX_PER_DEVICE (4) on CPU devices.
+
+    On a CPU, vmapping more kernels into one program does not make a kernel cheaper: each step is
+    already compute-bound, a larger program only moves more memory, and the one-channel readout
+    (kvjax.ops.conv3d_channel) computes min(K, C) channels of the layer's last convolutions for
+    K kernels. Stage-1 wall time for the same request, chunk sizes alternating in one process
+    (benchmarks/chunk_size.py, 2-core AMD EPYC; benchmarks/results/stage1.md, fifteenth
+    session), 16 kernels x 4 steps at the paper preset as one program / in chunks of 4 / of 1:
+    I3D Mixed_3b 103.5 / 92.3 / 92.3 s, Mixed_4b 124.6 / 114.0 / 108.0 s; the default run's
+    stage 1 (Conv3d_1a_7x7, fast preset, 8 kernels x 100 steps): 10.0 / 8.4 / 6.4 s (one
+    convolution, where the readout's extra channels dominate). 4 keeps several kernels in each
+    vmapped program; `chunk_size=1` (--chunk 1) is faster still on small layers.
+    """
+    return CPU_MAX_PER_DEVICE if devices[0].platform == "cpu" else MAX_PER_DEVICE
 
 
 def auto_chunk(program_memory: Callable[[int], int | None], fixed: int, n_kernels: int,

@@ -9,7 +9,8 @@ shaped (STYLE.md item 1):
     run(state, features, kernel, config, n_steps, objective) -> (state, values f32[n_steps])
 
 and `optimize` vmaps them over kernels, in chunks of `config.chunk_size` kernels (None: as many
-as fit in device memory, `auto_chunk_size`, from XLA's memory analysis), running the steps as
+as fit in device memory, `auto_chunk_size`, from XLA's memory analysis; at most 4 per CPU
+device), running the steps as
 `lax.scan` segments of `config.progress_every` steps (one compiled program reused for every
 segment and every chunk) with a progress callback between segments; on CPU, where XLA runs a
 step about 3x slower inside a scan (`_plan`), up to four steps unrolled per program, reporting
@@ -78,7 +79,8 @@ class Stage1Config:
     transform: a (key, video) -> video robustness transform drawn fresh each step (hashable,
     e.g. transforms.Affine), or None for none. optimizer: an optax GradientTransformation, or
     None for optax.adam(lr). chunk_size: kernels per compiled program (memory bound; rounded
-    down to a multiple of the device count), or None to fit the free device memory.
+    down to a multiple of the device count), or None to fit the free device memory (at most 4
+    per CPU device: kvjax.devices.max_per_device).
     progress_every: steps per lax.scan segment (progress is reported between segments; on
     CPU, programs of up to four unrolled steps, reported about every progress_every steps).
     one_channel: compute only the kernel's channel of the layer when the objective reads
@@ -620,15 +622,16 @@ def auto_chunk_size(features: Features, n_kernels: int, config: Stage1Config,
                     devices: Sequence[jax.Device] | None = None,
                     free_bytes: int | None = None) -> int:
     """Kernels per chunk for n_kernels that fit the devices' free memory (a multiple of the
-    device count): kvjax.devices.auto_chunk over `program_memory`, the weights (array leaves
-    of features and objective) being the fixed part. free_bytes: free memory per device,
-    measured when None."""
+    device count), at most `kvjax.devices.max_per_device` per device (4 on CPU, where larger
+    programs are slower per kernel): kvjax.devices.auto_chunk over `program_memory`, the
+    weights (array leaves of features and objective) being the fixed part. free_bytes: free
+    memory per device, measured when None."""
     devs = devices_lib.local_devices(devices)
     arrays, _ = partition((features, objective or objectives_lib.channel()))
     fixed = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays)
     return devices_lib.auto_chunk(
         lambda chunk: program_memory(features, config, chunk, objective, devs), fixed,
-        n_kernels, devs, free_bytes)
+        n_kernels, devs, free_bytes, max_per_device=devices_lib.max_per_device(devs))
 
 
 def optimize(features: Features, kernels: Sequence[int], config: Stage1Config | None = None,
