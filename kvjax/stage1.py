@@ -10,14 +10,13 @@ shaped (STYLE.md item 1):
 
 and `optimize` vmaps them over kernels, in chunks of `config.chunk_size` kernels (None: as many
 as fit in device memory, `auto_chunk_size`, from XLA's memory analysis; at most 4 per CPU
-device), running the steps as
-`lax.scan` segments of `config.progress_every` steps (one compiled program reused for every
-segment and every chunk) with a progress callback between segments; on CPU, where XLA runs a
-step about 3x slower inside a scan (`_plan`), up to four steps unrolled per program, reporting
-as often.
+device), running the steps as `lax.scan` segments of `config.progress_every` steps (one compiled
+program reused for every segment and every chunk) with a progress callback between segments; on
+CPU, where XLA runs a step about 3x slower inside a scan (`_plan`), up to four steps unrolled
+per program, reporting as often.
 With several devices each chunk's kernel axis is split over them inside the same programs
-(kvjax.devices); chunks are then a multiple of the device count. Results come back to host memory chunk by chunk, in
-kernel order.
+(kvjax.devices); chunks are then a multiple of the device count. Results come back to host
+memory chunk by chunk, in kernel order.
 
 One channel: when the objective reads only the kernel's channel (channel, neuron and sums of
 them: `Objective.one_channel`) and `features` can compute one channel alone
