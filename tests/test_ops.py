@@ -229,6 +229,25 @@ def test_max_pool_matches_reduce_window(case):
         _close(g, g_ref, rtol=1e-6)  # gradient sums may round in another order
 
 
+def test_max_pool_with_a_hand_written_gradient_on_other_windows_strides_and_pads():
+    # The hand-written backward routes each stride phase's taps by hand: windows larger,
+    # smaller and equal to the stride (a phase with no tap, one with two), uneven pads.
+    rng = np.random.default_rng(3)
+    for window, strides, pads in [((1, 1, 3), (1, 2, 3), ((0, 0), (0, 0), (2, 0))),
+                                  ((2, 4, 1), (3, 3, 2), ((1, 0), (0, 2), (0, 0))),
+                                  ((4, 2, 3), (3, 1, 2), ((2, 1), (1, 1), (0, 2))),
+                                  ((3, 5, 2), (2, 4, 1), ((0, 0), (2, 2), (1, 0)))]:
+        x = jnp.asarray(rng.normal(size=(2, 7, 9, 8, 3)), jnp.float32)
+        ref_fn = lambda x: _ref_pool(x, -jnp.inf, lax.max, window, strides, pads)  # noqa: E731
+        ct = jnp.asarray(rng.normal(size=jax.eval_shape(ref_fn, x).shape), jnp.float32)
+        y_ref, g_ref = _pool_value_and_grad(ref_fn, x, ct)
+        assert np.isfinite(y_ref).all()  # no window wholly in the padding: _close stays strict
+        y, g = _pool_value_and_grad(
+            lambda x: ops.max_pool3d(x, window, strides, pads, impl="separable_vjp"), x, ct)
+        _close(y, y_ref, rtol=0)
+        _close(g, g_ref, rtol=1e-6)
+
+
 def test_max_pool_padding_never_wins():
     x = -10.0 - jnp.abs(_normal((1, 3, 5, 5, 2), 0))  # all below the pad 0
     y = jax.jit(lambda x: ops.max_pool3d(x, (3, 3, 3), (2, 2, 2), "SAME"))(x)
