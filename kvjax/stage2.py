@@ -436,7 +436,11 @@ def program_memory(video_shape: Sequence[int], config: Stage2Config, chunk: int,
 def auto_chunk_size(video_shape: Sequence[int], n_videos: int, config: Stage2Config,
                     devices: Sequence[jax.Device] | None = None,
                     free_bytes: int | None = None) -> int:
-    """Videos per chunk that fit the devices' free memory (kvjax.devices.auto_chunk)."""
+    """Videos per chunk that fit the devices' free memory (kvjax.devices.auto_chunk), up to
+    MAX_PER_DEVICE per device on CPU too: unlike stage 1's (kvjax.devices.max_per_device),
+    stage 2's programs are not slower per video when larger there (the default run's 8 videos,
+    2-core AMD EPYC, 3 alternating rounds: 6.71 s as one chunk, 7.39 / 7.08 / 7.66 s in chunks
+    of 4 / 2 / 1; benchmarks/results/stage1.md, fifteenth session)."""
     devs = devices_lib.local_devices(devices)
     return devices_lib.auto_chunk(
         lambda chunk: program_memory(video_shape, config, chunk, devs), 0, n_videos, devs,
