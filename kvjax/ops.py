@@ -517,7 +517,13 @@ def reverse_mode_only():
     """Code traced inside may be differentiated in reverse mode only: CPU max pools
     (impl "cpu") then take the faster "separable_vjp" form, whose gradient is hand-written
     and which refuses forward mode (jax.jvp, jacfwd). Read at trace time; kvjax.stage1.step
-    traces its gradient inside. Outside, "cpu" is "separable", plain autodiff in every mode."""
+    traces its gradient inside. Outside, "cpu" is "separable", plain autodiff in every mode.
+
+    JAX's jit cache does not see this context: a function jitted and first traced inside it
+    keeps the reverse-mode-only pools under any later jax.jit of the same function object (same
+    shapes), and jax.jvp of it then fails with JAX's TypeError about custom_vjp
+    (tests/test_ops.py shows it). Forward mode then needs the function unjitted, a jit of
+    another function object (jax.jit(lambda x: f(x))), or jax.clear_caches()."""
     token = _REVERSE_MODE_ONLY.set(True)
     try:
         yield
