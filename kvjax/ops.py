@@ -20,6 +20,7 @@ import functools
 from typing import Sequence
 
 import jax
+from jax.experimental.xla_metadata import set_xla_metadata
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -512,6 +513,11 @@ POOL_IMPLS = {"native": _pool_native, "separable": _pool_separable,
 _REVERSE_MODE_ONLY = contextvars.ContextVar("kvjax_reverse_mode_only", default=False)
 
 
+def _trace_apart():
+    """A context that JAX's jit cache keys on (see reverse_mode_only)."""
+    return set_xla_metadata(kvjax_reverse_mode_only="1")
+
+
 @contextlib.contextmanager
 def reverse_mode_only():
     """Code traced inside may be differentiated in reverse mode only: CPU max pools
@@ -519,14 +525,18 @@ def reverse_mode_only():
     and which refuses forward mode (jax.jvp, jacfwd). Read at trace time; kvjax.stage1.step
     traces its gradient inside. Outside, "cpu" is "separable", plain autodiff in every mode.
 
-    JAX's jit cache does not see this context: a function jitted and first traced inside it
-    keeps the reverse-mode-only pools under any later jax.jit of the same function object (same
-    shapes), and jax.jvp of it then fails with JAX's TypeError about custom_vjp
-    (tests/test_ops.py shows it). Forward mode then needs the function unjitted, a jit of
-    another function object (jax.jit(lambda x: f(x))), or jax.clear_caches()."""
+    JAX's jit cache does not see a Python context variable: a function jitted (by the caller,
+    e.g. a jitted features function given to stage 1) and first traced inside would keep the
+    reverse-mode-only pools under every later jax.jit of it, and jax.jvp of it would fail. So
+    the context also sets XLA metadata (`jax.experimental.xla_metadata`, part of JAX's trace
+    context and so of its cache keys): jitted functions are traced apart inside and outside.
+    The metadata is a frontend attribute on the ops traced inside; the optimised HLO of a
+    stage-1 step is otherwise the same (I3D Mixed_3b, compared modulo names and metadata).
+    tests/test_ops.py checks both."""
     token = _REVERSE_MODE_ONLY.set(True)
     try:
-        yield
+        with _trace_apart():
+            yield
     finally:
         _REVERSE_MODE_ONLY.reset(token)
 

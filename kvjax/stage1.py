@@ -290,10 +290,9 @@ def step(state: Stage1State, features: Features, kernel, config: Stage1Config,
     """One optimiser step: (new state, objective value f32[] under this step's transform).
 
     A step that would make anything non-finite is refused and the kernel frozen (finite=False);
-    the returned value is then NaN. `features` is traced inside `kvjax.ops.reverse_mode_only()`
-    (the CPU max pools' hand-written gradient): if it is itself jitted, JAX's cache keeps that
-    form for the same function, and forward mode (jax.jvp) through it later needs the function
-    unjitted or a jit of another function object (see reverse_mode_only).
+    the returned value is then NaN. Its gradient is traced inside `kvjax.ops.reverse_mode_only()`
+    (the CPU max pools' hand-written gradient); a jitted `features` is traced apart there, so
+    forward mode through it elsewhere is unaffected.
     """
     objective = objective or objectives_lib.channel()
     transform = config.transform or transforms_lib.identity
