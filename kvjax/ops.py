@@ -20,10 +20,10 @@ import functools
 from typing import Sequence
 
 import jax
-from jax.experimental.xla_metadata import set_xla_metadata
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental.xla_metadata import set_xla_metadata
 
 _DN3 = ("NDHWC", "DHWIO", "NDHWC")
 _DN2 = ("NHWC", "HWIO", "NHWC")
@@ -513,11 +513,6 @@ POOL_IMPLS = {"native": _pool_native, "separable": _pool_separable,
 _REVERSE_MODE_ONLY = contextvars.ContextVar("kvjax_reverse_mode_only", default=False)
 
 
-def _trace_apart():
-    """A context that JAX's jit cache keys on (see reverse_mode_only)."""
-    return set_xla_metadata(kvjax_reverse_mode_only="1")
-
-
 @contextlib.contextmanager
 def reverse_mode_only():
     """Code traced inside may be differentiated in reverse mode only: CPU max pools
@@ -535,7 +530,7 @@ def reverse_mode_only():
     tests/test_ops.py checks both."""
     token = _REVERSE_MODE_ONLY.set(True)
     try:
-        with _trace_apart():
+        with set_xla_metadata(kvjax_reverse_mode_only="1"):  # a key of JAX's jit cache
             yield
     finally:
         _REVERSE_MODE_ONLY.reset(token)
