@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import itertools
+import math
 from typing import Sequence
 
 import jax
@@ -403,21 +405,6 @@ def _pool_separable(x, init, op, window, strides, pads):
     return x
 
 
-def _max_stage(x, axis: int, k: int, s: int):
-    """One axis of the separable max: (y, idx) with idx s8 the window tap that won, the first
-    on a tie (as `_first_max`; a NaN wins and propagates)."""
-    n = (x.shape[axis] - k) // s + 1
-    y = idx = None
-    for a in range(k):
-        xa = lax.slice_in_dim(x, a, a + (n - 1) * s + 1, s, axis=axis)
-        if y is None:
-            y, idx = xa, jnp.zeros(xa.shape, jnp.int8)
-        else:
-            keep = (y >= xa) | jnp.isnan(y)
-            y, idx = jnp.where(keep, y, xa), jnp.where(keep, idx, jnp.int8(a))
-    return y, idx
-
-
 def _pad_axis(x, axis: int, lo: int, hi: int, value: float = 0.0):
     """x padded along one axis with `value`, by concatenation."""
     parts = []
@@ -431,70 +418,106 @@ def _pad_axis(x, axis: int, lo: int, hi: int, value: float = 0.0):
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
 
 
-def _max_unstage(g, idx, axis: int, k: int, s: int, length: int):
-    """The gradient of one `_max_stage` input (`length` cells along `axis`) from its output's
-    gradient g: each output cell's gradient goes to its winning tap. Stride 1: k shifted
-    selects. Stride s > 1: per phase q of the input cells (j = s*m + q) the taps a = q + s*d,
-    then the phases interleaved by a reshape: edge pads only, no interior-padded scatter."""
-    n = g.shape[axis]
-    parts = [jnp.where(idx == a, g, 0.0) for a in range(k)]
-    if s == 1:
-        return sum(_pad_axis(c, axis, a, length - n - a) for a, c in enumerate(parts))
-    m = -(-length // s)
-    phases = []
-    for q in range(s):
-        taps = [_pad_axis(parts[a], axis, (a - q) // s, m - n - (a - q) // s)
-                for a in range(q, k, s)]
-        if taps:
-            phases.append(sum(taps))
-        else:
-            shape = list(g.shape)
-            shape[axis] = m
-            phases.append(jnp.zeros(shape, g.dtype))
-    shape = list(g.shape)
-    shape[axis] = m * s
-    return lax.slice_in_dim(jnp.stack(phases, axis=axis + 1).reshape(shape), 0, length, axis=axis)
+def _code_dtype(window) -> jnp.dtype:
+    """The smallest signed integer type that holds every window offset's code (and -1)."""
+    n = math.prod(window)
+    return jnp.int8 if n <= 127 else jnp.int16 if n <= 32767 else jnp.int32
 
 
-def _max_pool_stages(x, window, strides, pads):
-    """(y, per pooled axis (axis, window, stride, input length, idx)) of the max pool."""
+def _max_pool_code(x, window, strides, pads):
+    """(y, code) of the separable max pool of f32[N,T,H,W,C]: y as `_pool_separable`, and
+    per output cell the window offset (dt, dh, dw) of the input cell that won, packed as
+    code = (dt * kh + dh) * kw + dw (the first on a tie along each axis in turn; a NaN wins
+    and propagates). The code rides along the select chain: one more select per tap."""
     for axis, lo_hi in zip((1, 2, 3), pads):
         x = _pad_axis(x, axis, *lo_hi, value=-jnp.inf)
-    stages = []
+    y, code = x, None
     for axis, k, s in zip((1, 2, 3), window, strides):
-        if k == 1 and s == 1:
-            continue
-        length = x.shape[axis]
-        x, idx = _max_stage(x, axis, k, s)
-        stages.append((axis, k, s, length, idx))
-    return x, stages
+        step = math.prod(window[axis:])  # the code's unit for this axis's offset
+        n = (y.shape[axis] - k) // s + 1
+        ys = cs = None
+        for a in range(k):
+            ya = lax.slice_in_dim(y, a, a + (n - 1) * s + 1, s, axis=axis)
+            ca = (jnp.zeros(ya.shape, _code_dtype(window)) if code is None else
+                  lax.slice_in_dim(code, a, a + (n - 1) * s + 1, s, axis=axis))
+            ca = ca + jnp.asarray(a * step, ca.dtype) if a else ca
+            if ys is None:
+                ys, cs = ya, ca
+            else:
+                keep = (ys >= ya) | jnp.isnan(ys)
+                ys, cs = jnp.where(keep, ys, ya), jnp.where(keep, cs, ca)
+        y, code = ys, cs
+    return y, code
+
+
+def _max_pool_uncode(g, code, window, strides, padded):
+    """The gradient of a max pool's padded input (spatial lengths `padded`) from its output's
+    gradient g, both f32[N,T',H',W',C] with `_max_pool_code`'s code: every output cell's
+    gradient goes to the input cell its code names.
+
+    One pass per stride phase (q_t, q_h, q_w) of the input cells, p = s * m + q along each
+    axis: the taps d = q + s * e of the window reach p from output cell m - e, so that phase
+    is a sum of shifted selects over g and code padded with zeros and -1. Stride 1 is one
+    phase, one fused pass; strided pools interleave their phases by a reshape. No scatter,
+    and no per-axis intermediate to write and read back."""
+    n_out = g.shape[1:4]
+    m = [-(-length // s) for length, s in zip(padded, strides)]  # cells per phase
+    taps = [-(-k // s) for k, s in zip(window, strides)]          # max taps in a phase
+    cfg = [(0, 0, 0)] + [(e - 1, max(0, mi - no), 0)
+                         for e, mi, no in zip(taps, m, n_out)] + [(0, 0, 0)]
+    gp = lax.pad(g, jnp.zeros((), g.dtype), cfg)
+    cp = lax.pad(code, jnp.asarray(-1, code.dtype), cfg)
+    phases = []
+    for q in itertools.product(*(range(s) for s in strides)):
+        total = None
+        for e in itertools.product(*(range(-(-(k - qi) // s)) for k, qi, s
+                                     in zip(window, q, strides))):
+            d = [qi + s * ei for qi, s, ei in zip(q, strides, e)]
+            start = (0, *(t - 1 - ei for t, ei in zip(taps, e)), 0)
+            limit = (g.shape[0], *(st + mi for st, mi in zip(start[1:4], m)), g.shape[4])
+            hit = lax.slice(cp, start, limit) == (d[0] * window[1] + d[1]) * window[2] + d[2]
+            term = jnp.where(hit, lax.slice(gp, start, limit), 0.0)
+            total = term if total is None else total + term
+        if total is None:  # a window smaller than its stride: no tap reaches this phase
+            total = jnp.zeros((g.shape[0], *m, g.shape[4]), g.dtype)
+        phases.append(total)
+    if len(phases) == 1:
+        out = phases[0]
+    else:  # phases in q order: stack on a (s_t, s_h, s_w) axis, interleave, trim
+        s_t, s_h, s_w = strides
+        out = jnp.stack(phases, axis=4).reshape(g.shape[0], *m, s_t, s_h, s_w, g.shape[4])
+        out = out.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(
+            g.shape[0], *(mi * s for mi, s in zip(m, strides)), g.shape[4])
+    return lax.slice(out, (0, 0, 0, 0, 0), (g.shape[0], *padded, g.shape[4]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool_vjp(x, window, strides, pads):
     """The separable max pool (same values, same tie rule) with a hand-written gradient.
 
-    Reverse mode only (jax.jvp refuses a custom_vjp). Its backward pass keeps each axis's
-    winning tap (s8) and routes the gradient with selects and edge pads, where autodiff of
-    the select chain transposes every strided tap into an interior-padded scatter. Measured
-    on I3D's pools up to Mixed_4b (2-core AMD EPYC, forward + gradient, 16 frames): 0.35 s
-    against 0.40-0.45 s in all, the stride-2 ones 15-40% faster, the stride-1 ones the same;
-    the whole Mixed_4b stage-1 step 2.6-3.4% faster, its compiling ~3 s shorter
-    (benchmarks/results/stage1.md, fourteenth session)."""
-    return _max_pool_stages(x, window, strides, pads)[0]
+    Reverse mode only (jax.jvp refuses a custom_vjp). Its forward pass also keeps each
+    output's winning window offset as one small integer (`_max_pool_code`); its backward
+    pass routes the gradient with shifted selects, one fused pass per stride phase
+    (`_max_pool_uncode`), where autodiff of the select chain transposes every strided tap
+    into an interior-padded scatter, and a per-axis backward writes and reads back one
+    intermediate per tap and axis. Measured on the 2-core AMD EPYC dev VM (kvjax.jit, the
+    paper preset's sizes, forward + gradient): I3D's six pools up to Mixed_4b alone 163 ms
+    against 239 ms for the per-axis form; inside the network much less, I3D up to Mixed_3b /
+    Mixed_4b 1-3% faster (benchmarks/results/stage1.md, sixteenth session)."""
+    return _max_pool_code(x, window, strides, pads)[0]
 
 
 def _max_pool_vjp_fwd(x, window, strides, pads):
-    y, stages = _max_pool_stages(x, window, strides, pads)
-    return y, (stages, x.shape)
+    y, code = _max_pool_code(x, window, strides, pads)
+    return y, (code, x.shape)
 
 
 def _max_pool_vjp_bwd(window, strides, pads, residuals, g):
-    stages, shape = residuals
-    for axis, k, s, length, idx in reversed(stages):
-        g = _max_unstage(g, idx, axis, k, s, length)
+    code, shape = residuals
+    padded = [n + lo + hi for n, (lo, hi) in zip(shape[1:4], pads)]
+    gx = _max_pool_uncode(g, code, window, strides, padded)
     start = (0, *(lo for lo, _ in pads), 0)
-    return (lax.slice(g, start, tuple(a + n for a, n in zip(start, shape))),)
+    return (lax.slice(gx, start, tuple(a + n for a, n in zip(start, shape))),)
 
 
 _max_pool_vjp.defvjp(_max_pool_vjp_fwd, _max_pool_vjp_bwd)

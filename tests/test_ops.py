@@ -231,12 +231,14 @@ def test_max_pool_matches_reduce_window(case):
 
 def test_max_pool_with_a_hand_written_gradient_on_other_windows_strides_and_pads():
     # The hand-written backward routes each stride phase's taps by hand: windows larger,
-    # smaller and equal to the stride (a phase with no tap, one with two), uneven pads.
+    # smaller and equal to the stride (a phase with no tap, one with two), uneven pads, and
+    # a window of 270 cells (more codes than 8 bits hold: int16).
     rng = np.random.default_rng(3)
     for window, strides, pads in [((1, 1, 3), (1, 2, 3), ((0, 0), (0, 0), (2, 0))),
                                   ((2, 4, 1), (3, 3, 2), ((1, 0), (0, 2), (0, 0))),
                                   ((4, 2, 3), (3, 1, 2), ((2, 1), (1, 1), (0, 2))),
-                                  ((3, 5, 2), (2, 4, 1), ((0, 0), (2, 2), (1, 0)))]:
+                                  ((3, 5, 2), (2, 4, 1), ((0, 0), (2, 2), (1, 0))),
+                                  ((3, 9, 10), (2, 1, 3), ((1, 0), (0, 1), (2, 0)))]:
         x = jnp.asarray(rng.normal(size=(2, 7, 9, 8, 3)), jnp.float32)
         ref_fn = lambda x: _ref_pool(x, -jnp.inf, lax.max, window, strides, pads)  # noqa: E731
         ct = jnp.asarray(rng.normal(size=jax.eval_shape(ref_fn, x).shape), jnp.float32)
