@@ -120,18 +120,24 @@ def time_optimize(features, k: int, config: stage1.Stage1Config, gauge=None,
     gauge: called at every report, between programs (the next one is dispatched only after
     the report returns), e.g. to measure the matmul rate right before and after each program;
     its own time is not counted. programs: if given, gets one dict per timed program: steps,
-    seconds, and the gauge's values just before and just after it."""
-    reports = []  # (steps done, time of the report, gauge value, time the run resumed)
+    seconds, kernels (the chunk's), and the gauge's values just before and just after it.
 
-    def report(done, *_):
+    With several chunks (config.chunk_size below k), a program is timed only after another
+    of its own chunk (a chunk's first program carries its start), and the seconds per step
+    returned are a program's, for one chunk's kernels."""
+    reports = []  # (steps done, time of the report, gauge value, time resumed, chunk, chunks)
+
+    def report(done, _total, chunk, n_chunks):
         t = time.perf_counter()
         value = gauge() if gauge is not None else None
-        reports.append((done, t, value, time.perf_counter()))
+        reports.append((done, t, value, time.perf_counter(), chunk, n_chunks))
 
     t0 = time.perf_counter()
     stage1.optimize(features, range(k), config, jax.random.key(0), progress=report)
-    timed = [{"steps": d - d0, "s": t - resumed, "gauge_before": g0, "gauge_after": g}
-             for (d0, _, g0, resumed), (d, t, g, _) in zip(reports, reports[1:])]
+    timed = [{"steps": d - d0, "s": t - resumed, "kernels": -(-k // n), "chunk": c,
+              "gauge_before": g0, "gauge_after": g}
+             for (d0, _, g0, resumed, c0, _), (d, t, g, _, c, n) in zip(reports, reports[1:])
+             if c == c0]
     if programs is not None:
         programs.extend(timed)
     per_step = (float(np.median([p["s"] / p["steps"] for p in timed])) if timed
@@ -139,7 +145,11 @@ def time_optimize(features, k: int, config: stage1.Stage1Config, gauge=None,
     return reports[0][1] - t0, reports[0][0], per_step
 
 
-def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
+def step_times(model, layers, ks, size, input_size, steps, rate, auto_chunks=False) -> list[dict]:
+    """Rows of seconds per step and kernel against the floor, per layer and K. Each K runs as
+    one program of K kernels, or with `auto_chunks` as stage1.optimize chunks it by default
+    (on CPU, at most 4 kernels per program: kvjax.devices.max_per_device); then a step is a
+    program's, for its chunk's kernels, and its floor is that chunk's."""
     rows = []
     for layer in layers:
         # the paper preset's gradient, as the reference's (kvjax.Config("paper").relu_grad)
@@ -148,7 +158,7 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
         fwd_xla = xla_forward_gflops(f, size)
         for k in ks:
             cfg = stage1.Stage1Config.preset("paper", size=size, steps=steps, progress_every=1,
-                                             chunk_size=k)
+                                             chunk_size=None if auto_chunks else k)
             rate_before = matmul_gflops()
             programs = []
             try:
@@ -162,24 +172,26 @@ def step_times(model, layers, ks, size, input_size, steps, rate) -> list[dict]:
             # the matmul rate measured just before and just after its steps (their mean).
             rate_after = matmul_gflops()
             row_rate = (rate_before + rate_after) / 2
-            floor = 2 * fwd * k / row_rate
+            n = programs[0]["kernels"] if programs else k  # kernels per program
+            floor = 2 * fwd * n / row_rate
             # Finer still: each timed program against the matmul rate measured right before
             # and right after it (best of 3 each, between programs), the median of those ratios.
             for q in programs:
                 q["step_s"] = q["s"] / q["steps"]
-                q["floor_s"] = 2 * fwd * k / ((q["gauge_before"] + q["gauge_after"]) / 2)
+                q["floor_s"] = 2 * fwd * n / ((q["gauge_before"] + q["gauge_after"]) / 2)
                 q["step_over_floor"] = q["step_s"] / q["floor_s"]
             ratios = [q["step_over_floor"] for q in programs]
-            rows.append({"layer": layer, "K": k, "size": size, "model_input": input_size,
+            rows.append({"layer": layer, "K": k, "kernels_per_program": n,
+                         "auto_chunks": auto_chunks, "size": size, "model_input": input_size,
                          "forward_gflop_per_kernel": fwd,
                          "xla_one_channel_forward_gflop_per_kernel":
-                             xla_forward_gflops(f, size, k),
+                             xla_forward_gflops(f, size, n),
                          "xla_forward_gflop_per_kernel": fwd_xla, "compile_and_first_step_s":
                          first_s, "first_program_steps": first_steps, "step_s": per_step,
-                         "step_s_per_kernel": per_step / k,
+                         "step_s_per_kernel": per_step / n,
                          "matmul_gflops_before_after": [rate_before, rate_after],
                          "floor_s": floor, "step_over_floor": per_step / floor,
-                         "step_over_run_rate_floor": per_step / (2 * fwd * k / rate),
+                         "step_over_run_rate_floor": per_step / (2 * fwd * n / rate),
                          "programs": programs,
                          "step_over_interleaved_floor": float(np.median(ratios)) if ratios
                          else float("nan"),
@@ -340,6 +352,9 @@ def main(argv=None):
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--params", default="pixel:0.05,spectral:0.05:1.0",
                    help="for `converge`/`quality`: param:lr[:spectral_decay] or fast, ...")
+    p.add_argument("--auto-chunks", action="store_true",
+                   help="`steps`: run each K as stage1.optimize chunks it by default (on CPU "
+                        "at most 4 kernels per program) instead of one program of K")
     p.add_argument("--no-reference", action="store_true",
                    help="`steps`: skip the PyTorch reference's step times")
     p.add_argument("--reference", help="`quality`: a reference_torch.py quality JSON")
@@ -367,7 +382,8 @@ def main(argv=None):
             out["reference_step_s"] = reference_step_times(model, layers, args.size, input_size,
                                                            args.steps)
         out["step_times"] = step_times(model, layers, args.kernels, args.size,
-                                       input_size, args.steps, info["matmul_gflops_f32"])
+                                       input_size, args.steps, info["matmul_gflops_f32"],
+                                       args.auto_chunks)
         for row in out["step_times"]:
             ref = out.get("reference_step_s", {}).get(row["layer"])
             if ref and "step_s" in row:
