@@ -501,9 +501,10 @@ def _max_pool_vjp(x, window, strides, pads):
     (`_max_pool_uncode`), where autodiff of the select chain transposes every strided tap
     into an interior-padded scatter, and a per-axis backward writes and reads back one
     intermediate per tap and axis. Measured on the 2-core AMD EPYC dev VM (kvjax.jit, the
-    paper preset's sizes, forward + gradient): I3D's six pools up to Mixed_4b alone 163 ms
-    against 239 ms for the per-axis form; inside the network much less, I3D up to Mixed_3b /
-    Mixed_4b 1-3% faster (benchmarks/results/stage1.md, sixteenth session)."""
+    paper preset's sizes, forward + gradient, K = 1): I3D's six pools up to Mixed_4b alone
+    150 ms against 228 ms for the per-axis form; inside the network much less, I3D up to
+    Mixed_3b / Mixed_4b 4-6% faster at K = 1 and 4 (benchmarks/pools.py; an earlier ad-hoc
+    A/B 1-3%; benchmarks/results/stage1.md, sixteenth session)."""
     return _max_pool_code(x, window, strides, pads)[0]
 
 
