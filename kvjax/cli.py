@@ -5,6 +5,7 @@ Every user error (KvjaxError) becomes one line on stderr and exit code 2, with n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kvjax.errors import KvjaxError
@@ -112,6 +113,20 @@ def cmd_layers(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        code = _dispatch(args)
+        sys.stdout.flush()  # a reader gone (`kvjax layers | head -1`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # Whoever read stdout stopped reading: nothing more to say, and no traceback. What a
+        # command had finished is on disk already (outputs are written atomically). Python
+        # flushes stdout again at exit: point it at /dev/null so that flush has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _dispatch(args) -> int:
     try:
         if args.command == "layers":
             return cmd_layers(args)

@@ -43,6 +43,21 @@ def test_layers_prints_the_i3d_table(kvjax):
     assert row[1:3] == ["128", "16x28x28"]
 
 
+def test_a_reader_gone_ends_the_output_quietly(tmp_path):
+    # `kvjax layers | head -1` and the like: the pipe's reader is gone before kvjax writes
+    # (here it never existed). kvjax stops with exit code 1 and no traceback, neither from
+    # its own print nor from Python's flush of stdout at exit.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run([sys.executable, "-m", "kvjax.cli", "layers"], stdout=write,
+                           stderr=subprocess.PIPE, text=True, timeout=600)
+    finally:
+        os.close(write)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--model", "i3dx"], "unknown model 'i3dx'; closest: i3d"),
     (["--layer", "Mixed3b"], "unknown layer 'Mixed3b'.*closest: Mixed_3b"),
