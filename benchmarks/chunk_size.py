@@ -28,11 +28,7 @@ import numpy as np
 import kvjax
 from kvjax import stage1
 from machine import save_results
-from stage1 import RESULTS, machine, matmul_gflops  # benchmarks/stage1.py
-
-
-def _ints(s: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in s.split(","))
+from stage1 import RESULTS, _ints, machine, matmul_gflops  # benchmarks/stage1.py
 
 
 def main(argv=None):

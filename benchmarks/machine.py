@@ -1,10 +1,13 @@
 """The machine a benchmark ran on, recorded with every result (the machines here are shared,
-so the load average is part of the record), and the atomic writing of results and videos."""
+so the load average is part of the record), the median timing of a call, and the atomic writing
+of results and videos."""
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 import sys
+import time
 
 
 def describe(**extra) -> dict:
@@ -26,6 +29,17 @@ def describe(**extra) -> dict:
         out.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     out.update(extra)
     return out
+
+
+def median_time(step, repeats: int) -> float:
+    """Median seconds of `step()` over `repeats` runs after one warm-up run."""
+    step()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def save_results(doc: dict, name: str, results_dir: str) -> str:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +30,7 @@ from flax import nnx
 import kvjax
 from kvjax import ops
 from kvjax.models import i3d
-from machine import describe
+from machine import describe, median_time
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FULL = (1, 32, 224, 224, 3)
@@ -43,17 +41,6 @@ torch.set_num_threads(2)
 
 def machine() -> dict:
     return describe()
-
-
-def median_time(step, repeats: int) -> float:
-    """Median seconds of `step()` over `repeats` runs after one warm-up run."""
-    step()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 # -------------------------------------------------------------------- shapes, by tracing

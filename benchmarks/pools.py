@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +32,7 @@ import numpy as np
 
 import kvjax
 from kvjax import ops
-from machine import save_results
+from machine import median_time, save_results
 from stage1 import RESULTS, machine  # benchmarks/stage1.py
 
 # I3D's max pools up to Mixed_4b at the paper preset: (name, input N=1 shape, window, strides)
@@ -57,16 +56,6 @@ def ops_at(revision: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _median_s(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def _order(rounds: int) -> list[str]:
@@ -96,7 +85,7 @@ def main(argv=None):
                 return form(x, -jnp.inf, jax.lax.max, window, strides, pads)
             g = jax.random.normal(jax.random.key(1), jax.eval_shape(pool, x).shape)
             fn = kvjax.jit(lambda x, g, pool=pool: jax.vjp(pool, x)[1](g)[0])
-            row[v].append(_median_s(fn, (x, g), args.repeats))
+            row[v].append(median_time(lambda: jax.block_until_ready(fn(x, g)), args.repeats))
         rows.append(row)
         print(json.dumps(row), flush=True)
     model = kvjax.load_model("i3d")
@@ -111,7 +100,8 @@ def main(argv=None):
                         else (lambda v, f: jnp.mean(f(v) ** 2)))
                 with ops.reverse_mode_only():
                     fn = kvjax.jit(jax.vmap(jax.grad(loss), in_axes=(0, None)))
-                    row[v].append(_median_s(fn, (videos, f), args.repeats))
+                    row[v].append(median_time(
+                        lambda: jax.block_until_ready(fn(videos, f)), args.repeats))
             finally:
                 ops.POOL_IMPLS["separable_vjp"] = forms["this"]
         rows.append(row)
