@@ -10,8 +10,16 @@ import sys
 import time
 
 
+# Environment variables that change how fast the same program runs (XLA's flags, glibc's
+# malloc, thread counts): recorded with every result when set.
+PERF_ENV = ("XLA_FLAGS", "JAX_PLATFORMS", "JAX_ENABLE_X64", "GLIBC_TUNABLES", "MALLOC_ARENA_MAX",
+            "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LD_PRELOAD")
+
+
 def describe(**extra) -> dict:
-    """CPU model, cores, OS, Python, the versions of jax/torch if imported, load average."""
+    """CPU model, cores, OS, Python, the versions of jax/torch if imported, load average, and
+    the PERF_ENV variables set (`env`)."""
     cpu = "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -19,7 +27,8 @@ def describe(**extra) -> dict:
     except (OSError, StopIteration):
         pass
     out = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-           "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+           "python": platform.python_version(), "loadavg_start": os.getloadavg(),
+           "env": {k: os.environ[k] for k in PERF_ENV if k in os.environ}}
     if "jax" in sys.modules:
         jax = sys.modules["jax"]
         out.update(jax=jax.__version__, backend=jax.default_backend(),
