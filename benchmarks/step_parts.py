@@ -15,7 +15,8 @@ measurement only (its values are wrong):
 - `cheap_strided_convs`: every strided convolution (I3D: the stem, Conv3d_1a_7x7) replaced by
   a strided slice and one 3 -> 64 matrix product, so its FLOPs nearly vanish.
 `base` minus a part is what that kind of op costs inside the network, fused as XLA fuses it.
-The parts alternate round by round (the VM's drift falls on all alike); each program is
+The parts alternate round by round, in an order that rotates (the VM's drift falls on all
+alike, and no part always runs first); each program is
 compiled anew (a fresh jit), timed as the median of `--calls` calls; the float32 matmul rate
 is measured right after each, and each part's floor is its convolutions' forward FLOPs, twice,
 at that rate (benchmarks/stage1.py's floor). Results: a printed table and
@@ -144,7 +145,8 @@ def main(argv=None):
               for part in parts}
     rows = []
     for r in range(args.rounds):
-        for part in parts:
+        # the order rotates round by round: the part run first in a round is not always the same
+        for part in parts[r % len(parts):] + parts[:r % len(parts)]:
             row = {"round": r, **time_part(features, part, args.kernels, args.calls,
                                                gflops[part])}
             rows.append(row)
