@@ -16,10 +16,10 @@ measurement only (its values are wrong):
   a strided slice and one 3 -> 64 matrix product, so its FLOPs nearly vanish.
 `base` minus a part is what that kind of op costs inside the network, fused as XLA fuses it.
 The parts alternate round by round, in an order that rotates (the VM's drift falls on all
-alike, and no part always runs first); each program is
-compiled anew (a fresh jit), timed as the median of `--calls` calls; the float32 matmul rate
-is measured right after each, and each part's floor is its convolutions' forward FLOPs, twice,
-at that rate (benchmarks/stage1.py's floor). Results: a printed table and
+alike, and no part always runs first); each program is compiled anew (a fresh jit), timed as
+the median of `--calls` calls; the float32 matmul rate is measured right after each, and each
+part's floor is its convolutions' forward FLOPs, twice, at that rate (benchmarks/stage1.py's
+floor). Results: a printed table and
 benchmarks/results/step_parts_<stamp>.json with the machine.
 """
 from __future__ import annotations
