@@ -250,6 +250,29 @@ def test_max_pool_with_a_hand_written_gradient_on_other_windows_strides_and_pads
         _close(g, g_ref, rtol=1e-6)
 
 
+def test_max_pool_hand_written_gradient_breaks_ties_as_the_separable_chain():
+    # Inputs of three values (after ReLU most cells tie at 0; partial ties everywhere): the
+    # hand-written gradient sends each window's gradient to the very cell that autodiff of
+    # the separable select chain picks (along T, then H, then W, the first on a tie), for
+    # overlapping and strided windows, with padding; sums of the same terms, so equal.
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.integers(0, 3, size=(2, 6, 7, 8, 3)), jnp.float32)
+    for window, strides, padding in [((3, 3, 3), (1, 1, 1), "SAME"),
+                                     ((1, 3, 3), (1, 2, 2), "SAME"),
+                                     ((3, 3, 3), (2, 2, 2), "SAME"),
+                                     ((2, 3, 2), (1, 2, 1), "VALID")]:
+        ct = jnp.asarray(rng.normal(size=jax.eval_shape(
+            lambda x: ops.max_pool3d(x, window, strides, padding), x).shape), jnp.float32)
+        y_ref, g_ref = _pool_value_and_grad(
+            lambda x: ops.max_pool3d(x, window, strides, padding, impl="separable"), x, ct)
+        y, g = _pool_value_and_grad(
+            lambda x: ops.max_pool3d(x, window, strides, padding, impl="separable_vjp"), x, ct)
+        np.testing.assert_array_equal(y, y_ref)
+        _close(g, g_ref, rtol=1e-6)
+        # and the gradient is not spread over tied cells: as many cells get some as the chain's
+        assert int((np.asarray(g) != 0).sum()) == int((np.asarray(g_ref) != 0).sum())
+
+
 def test_max_pool_padding_never_wins():
     x = -10.0 - jnp.abs(_normal((1, 3, 5, 5, 2), 0))  # all below the pad 0
     y = jax.jit(lambda x: ops.max_pool3d(x, (3, 3, 3), (2, 2, 2), "SAME"))(x)
