@@ -71,17 +71,19 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def forward_gflops(features, size) -> float:
-    """The convolutions' FLOPs (2 per multiply-add) in one forward pass of `features` on a
-    video of `size` (T, H, W): the network's intrinsic work, whatever formulation kvjax.ops
-    picks (XLA's own count includes the formulations' overheads). Pooling, BatchNorm, ReLU and
-    the input resize are left out (well under 1% here)."""
-    total = []
+def conv_flops(features, size) -> list[tuple[tuple[int, ...], tuple[int, ...], int]]:
+    """(strides, window (kt, kh, kw), FLOPs) of every convolution in one forward pass of
+    `features` on a video of `size` (T, H, W), 2 FLOPs per multiply-add, as the network's
+    intrinsic work whatever formulation kvjax.ops picks. Traced with jax.eval_shape, which
+    caches by function: pass a features function not traced before."""
+    convs = []
     conv = ops.conv3d
 
-    def counting(x, w, *args, **kw):
-        y = conv(x, w, *args, **kw)
-        total.append(2 * np.prod(y.shape, dtype=np.int64) * np.prod(w.shape[:4], dtype=np.int64))
+    def counting(x, w, strides=(1, 1, 1), *args, **kw):
+        y = conv(x, w, strides, *args, **kw)
+        convs.append((tuple(strides), tuple(w.shape[:3]),
+                      int(2 * np.prod(y.shape, dtype=np.int64) *
+                          np.prod(w.shape[:4], dtype=np.int64))))
         return y
 
     ops.conv3d = counting
@@ -89,7 +91,15 @@ def forward_gflops(features, size) -> float:
         jax.eval_shape(features, jax.ShapeDtypeStruct((*size, 3), jnp.float32))
     finally:
         ops.conv3d = conv
-    return float(sum(total)) / 1e9
+    return convs
+
+
+def forward_gflops(features, size) -> float:
+    """The convolutions' FLOPs (2 per multiply-add) in one forward pass of `features` on a
+    video of `size` (T, H, W): the network's intrinsic work, whatever formulation kvjax.ops
+    picks (XLA's own count includes the formulations' overheads). Pooling, BatchNorm, ReLU and
+    the input resize are left out (well under 1% here)."""
+    return float(sum(f for _, _, f in conv_flops(features, size))) / 1e9
 
 
 def xla_forward_gflops(features, size, one_channel_k: int | None = None) -> float:

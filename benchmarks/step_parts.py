@@ -19,14 +19,15 @@ The parts alternate round by round, in an order that rotates (the VM's drift fal
 alike, and no part always runs first); each program is compiled anew (a fresh jit), timed as
 the median of `--calls` calls; the float32 matmul rate is measured right after each, and each
 part's floor is its convolutions' forward FLOPs, twice, at that rate (benchmarks/stage1.py's
-floor). Results: a printed table and
-benchmarks/results/step_parts_<stamp>.json with the machine.
+floor). Results: a printed table and benchmarks/results/step_parts_<stamp>.json with the
+machine.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import math
 import os
 import time
 from unittest import mock
@@ -34,12 +35,12 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 import kvjax
 from kvjax import ops
 from machine import save_results
-from stage1 import RESULTS, forward_gflops, machine, matmul_gflops  # benchmarks/stage1.py
+from stage1 import (RESULTS, conv_flops, forward_gflops, machine,  # benchmarks/stage1.py
+                    matmul_gflops)
 
 SIZE = (16, 128, 128)  # the paper preset's optimised video
 
@@ -47,17 +48,14 @@ SIZE = (16, 128, 128)  # the paper preset's optimised video
 def _pool_as_slice(x, window, strides, padding="SAME", **_):
     """A strided slice with the pool's output shape (measurement only: wrong values)."""
     pads = ops.resolve_padding(x.shape[1:4], window, strides, padding)
-    out = ops._out_sizes(x.shape[1:4], window, strides, pads)
-    limit = (x.shape[0], *((o - 1) * s + 1 for o, s in zip(out, strides)), x.shape[-1])
-    return lax.slice(x, (0,) * 5, limit, (1, *strides, 1))
+    return ops._tap(x, (0, 0, 0), ops._out_sizes(x.shape[1:4], window, strides, pads), strides)
 
 
 def _strided_conv_as_dot(x, w, strides, pads):
     """A strided slice and one Cin -> Cout matmul with the conv's output shape (measurement
     only: wrong values, FLOPs kt*kh*kw times fewer)."""
-    out = ops._out_sizes(x.shape[1:4], w.shape[:3], strides, pads)
-    limit = (x.shape[0], *((o - 1) * s + 1 for o, s in zip(out, strides)), x.shape[-1])
-    xs = lax.slice(x, (0,) * 5, limit, (1, *strides, 1))
+    xs = ops._tap(x, (0, 0, 0), ops._out_sizes(x.shape[1:4], w.shape[:3], strides, pads),
+                  strides)
     return jnp.einsum("nthwc,cd->nthwd", xs, w[tuple(k // 2 for k in w.shape[:3])])
 
 
@@ -75,23 +73,12 @@ PARTS = ("base", "no_pools", "cheap_strided_convs")
 
 
 def strided_conv_gflops(features) -> tuple[float, float]:
-    """The forward GFLOPs of the strided convolutions alone, counted as benchmarks/stage1.py's
-    forward_gflops counts all of them, and of what `cheap_strided_convs` leaves of them (one
-    tap instead of kt*kh*kw)."""
-    total, one_tap = [], []
-    conv = ops.conv3d
-
-    def counting(x, w, strides=(1, 1, 1), *args, **kw):
-        y = conv(x, w, strides, *args, **kw)
-        if any(s > 1 for s in strides):
-            total.append(2 * np.prod(y.shape, dtype=np.int64) *
-                         np.prod(w.shape[:4], dtype=np.int64))
-            one_tap.append(2 * np.prod(y.shape, dtype=np.int64) * w.shape[3])
-        return y
-
-    with mock.patch.object(ops, "conv3d", counting):
-        jax.eval_shape(features, jax.ShapeDtypeStruct((*SIZE, 3), jnp.float32))
-    return float(sum(total)) / 1e9, float(sum(one_tap)) / 1e9
+    """The forward GFLOPs of the strided convolutions alone, counted as benchmarks/stage1.py
+    counts all of them, and of what `cheap_strided_convs` leaves of them (one tap instead of
+    kt*kh*kw)."""
+    strided = [(math.prod(window), f) for strides, window, f in conv_flops(features, SIZE)
+               if any(s > 1 for s in strides)]
+    return sum(f for _, f in strided) / 1e9, sum(f / taps for taps, f in strided) / 1e9
 
 
 def time_part(features, part: str, k: int, calls: int, gflop: float) -> dict:
