@@ -24,6 +24,7 @@ import numpy as np
 
 from kvjax import stage1, stage2
 from kvjax.config import Config
+from kvjax.errors import KvjaxError
 from kvjax.objectives import Objective
 
 SUMMARY_KEYS = ("activation", "activation_start", "direction_deg", "speed_px_per_frame",
@@ -57,7 +58,9 @@ class Result(NamedTuple):
 def decompose(videos, config: Config | None = None, key: jax.Array | None = None,
               *, kernels: Sequence[int] | None = None,
               devices: Sequence[jax.Device] | None = None) -> stage2.Decomposition:
-    """Stage 2 alone on videos f32[K,T,H,W,3] (kernels first): texture, motion, summary.
+    """Stage 2 alone on videos f32[K,T,H,W,3] (kernels first): a stage2.Decomposition,
+    whose texture, motion (= velocity), displacement, reconstruction and summary are numpy
+    arrays with K first, as in `Result`.
 
     `kernels` (default 0..K-1) only names the videos for their keys, as `visualize` does:
     video i uses fold_in(fold_in(key, 2), kernels[i]).
@@ -66,7 +69,8 @@ def decompose(videos, config: Config | None = None, key: jax.Array | None = None
     key = jax.random.key(0) if key is None else key
     videos = np.asarray(videos, np.float32)
     if videos.ndim != 5 or videos.shape[-1] != 3:
-        raise ValueError(f"videos must be f32[K, T, H, W, 3]; got shape {videos.shape}")
+        raise KvjaxError(f"videos must be f32[K, T, H, W, 3] (K videos of T frames, RGB "
+                         f"last); got shape {videos.shape}")
     return stage2.decompose(videos, config.stage2, jax.random.fold_in(key, 2),
                             kernels=kernels, devices=devices)
 

@@ -145,6 +145,12 @@ class Decomposition(NamedTuple):
     loss_trace: np.ndarray      # f32[K, steps]  total loss before each step
     summary: dict               # direction_deg, speed_px_per_frame, motion_fraction, recon_mse: f32[K]
 
+    @property
+    def motion(self) -> np.ndarray:
+        """The content velocity `velocity` under the name `kvjax.Result` gives it:
+        f32[K, T, H, W, 2] px/frame, image coordinates (y down)."""
+        return self.velocity
+
 
 # ------------------------------------------------------------------- global motion estimate
 
@@ -154,12 +160,12 @@ def _signed_offsets(n: int):
 
 
 def _cross_power(frames, lag: int):
-    """Sum over t of conj(F_t) F_{t+lag} for windowed grey frames f32[T, H, W]."""
-    t, h, w = frames.shape
+    """Sum over t and channels of conj(F_t) F_{t+lag} for windowed frames f32[T, H, W, C]."""
+    t, h, w, _ = frames.shape
     g = frames - jnp.mean(frames, axis=(1, 2), keepdims=True)
     window = jnp.outer(jnp.hanning(h), jnp.hanning(w)).astype(jnp.float32)
-    f = jnp.fft.fft2(g * window[None])
-    return jnp.sum(jnp.conj(f[:-lag]) * f[lag:], axis=0)
+    f = jnp.fft.fft2(g * window[None, :, :, None], axes=(1, 2))
+    return jnp.sum(jnp.conj(f[:-lag]) * f[lag:], axis=(0, 3))
 
 
 def _correlation_peak(cross, centre, sigma, whiten_eps=1e-2):
@@ -196,20 +202,21 @@ def _correlation_peak(cross, centre, sigma, whiten_eps=1e-2):
     return jnp.stack([dx[0, ix] + sx, dy[iy, 0] + sy]), matched
 
 
-def _refine_translation(grey, v, iters: int = 6):
-    """Damped Gauss-Newton on sum_t ||g_t(p - v) - g_{t+1}(p)||^2 over pixels whose source
-    lies inside the frame: sub-pixel global velocity without the windowing bias of the phase
-    correlation. The damping leaves directions the data cannot see where they were.
+def _refine_translation(frames, v, iters: int = 6):
+    """Damped Gauss-Newton on sum_{t,c} ||g_t(p - v) - g_{t+1}(p)||^2 over pixels whose
+    source lies inside the frame (frames f32[T, H, W, C]): sub-pixel global velocity without
+    the windowing bias of the phase correlation. The damping leaves directions the data cannot
+    see where they were.
     """
-    t, h, w = grey.shape
-    prev, nxt = grey[:-1, :, :, None], grey[1:, :, :, None]
+    t, h, w, _ = frames.shape
+    prev, nxt = frames[:-1], frames[1:]
     x = jnp.arange(w, dtype=jnp.float32)[None, :]
     y = jnp.arange(h, dtype=jnp.float32)[:, None]
 
     def residual(v, mask):
         flow = jnp.broadcast_to(-v.reshape(1, 1, 2), (h, w, 2))
         shifted = jax.vmap(lambda f: warp(f, flow))(prev)
-        return ((shifted - nxt)[..., 0] * mask[None]).reshape(-1)
+        return ((shifted - nxt) * mask[None, :, :, None]).reshape(-1)
 
     def body(v, _):
         mask = ((x - v[0] >= 1.0) & (x - v[0] <= w - 2.0)
@@ -223,12 +230,12 @@ def _refine_translation(grey, v, iters: int = 6):
     return jax.lax.scan(body, v, None, length=iters)[0]
 
 
-def _observable_projector(grey, aperture: float = 0.2, kmax: float = 0.25):
-    """Projector f32[2, 2] onto the velocity directions the frames f32[T, H, W] can show.
+def _observable_projector(frames, aperture: float = 0.2, kmax: float = 0.25):
+    """Projector f32[2, 2] onto the velocity directions the frames f32[T, H, W, C] can show.
 
     Aperture problem: one-dimensional content (gratings, single edges) only reveals the
-    velocity across its stripes. The spectral structure tensor sum_k |G(k)|^2 k k^T (Hann
-    window, |k| <= kmax cycles/px so that aliased harmonics of sharp patterns stay out) has
+    velocity across its stripes. The spectral structure tensor sum_k |G(k)|^2 k k^T (summed
+    over frames and channels, Hann window, |k| <= kmax cycles/px so that aliased harmonics of sharp patterns stay out) has
     an eigenvalue near 0 along the stripes: directions whose eigenvalue is below `aperture`
     times the largest are dropped, so a grating reports its normal velocity. Measured: 0.005 to
     0.012 for saturated gratings, 0.06 to 0.14 for stage-1 videos of drifting-grating kernels
@@ -236,10 +243,11 @@ def _observable_projector(grey, aperture: float = 0.2, kmax: float = 0.25):
     anisotropic than 0.2 loses the along-stripe part of its initial velocity (the optimisation
     can still find it when it is within about a pixel per frame).
     """
-    t, h, w = grey.shape
-    g = grey - jnp.mean(grey, axis=(1, 2), keepdims=True)
+    t, h, w, _ = frames.shape
+    g = frames - jnp.mean(frames, axis=(1, 2), keepdims=True)
     window = jnp.outer(jnp.hanning(h), jnp.hanning(w)).astype(jnp.float32)
-    power = jnp.sum(jnp.abs(jnp.fft.fft2(g * window[None])) ** 2, axis=0)
+    power = jnp.sum(jnp.abs(jnp.fft.fft2(g * window[None, :, :, None], axes=(1, 2))) ** 2,
+                    axis=(0, 3))
     ky = jnp.broadcast_to(jnp.fft.fftfreq(h).astype(jnp.float32)[:, None], (h, w))
     kx = jnp.broadcast_to(jnp.fft.fftfreq(w).astype(jnp.float32)[None, :], (h, w))
     power = power * (kx ** 2 + ky ** 2 <= kmax ** 2)
@@ -259,25 +267,26 @@ def global_velocity(video, refine: bool = True):
     for periodic content; its estimate is biased towards zero by the window (about 0.1 px at
     1 px/frame), so a few damped Gauss-Newton steps on the frame-to-frame residual refine it;
     for one-dimensional content only the normal velocity is kept (`_observable_projector`).
-    Pure JAX, vmappable. Changes of brightness or contrast are not motion: every frame is
-    brought to mean 0 and mean square 1 first. Returns zeros where no translation explains
-    the frames: T == 1, frames without spatial structure (their spatial variance below 1e-6
-    of the clip's), or frames whose correlation surface is dominated by contrast reversal
-    (`_correlation_peak`).
+    Pure JAX, vmappable. Every colour channel takes part (spectra, residuals and structure
+    summed over channels), so content that only changes hue, e.g. a red-blue grating whose
+    grey level is constant, moves as visibly as a grey one. Changes of brightness or contrast
+    are not motion: each frame's channels are brought to mean 0 and the frame to mean square
+    1 first. Returns zeros where no translation explains the frames: T == 1, frames without
+    spatial structure (their spatial variance below 1e-6 of the clip's), or frames whose
+    correlation surface is dominated by contrast reversal (`_correlation_peak`).
     """
     t, h, w, _ = video.shape
     if t < 2:
         return jnp.zeros((2,), jnp.float32)
-    grey = jnp.mean(video, axis=-1)
-    clip_var = jnp.mean((grey - jnp.mean(grey)) ** 2)
-    grey = grey - jnp.mean(grey, axis=(1, 2), keepdims=True)
-    power = jnp.mean(grey ** 2, axis=(1, 2), keepdims=True)
+    clip_var = jnp.mean((video - jnp.mean(video, axis=(0, 1, 2), keepdims=True)) ** 2)
+    frames = video - jnp.mean(video, axis=(1, 2), keepdims=True)
+    power = jnp.mean(frames ** 2, axis=(1, 2, 3), keepdims=True)
     structured = jnp.mean(power) > 1e-6 * clip_var
-    grey = grey * jax.lax.rsqrt(jnp.maximum(power, 1e-30))
-    v, matched = _correlation_peak(_cross_power(grey, 1), jnp.zeros(2), sigma=max(h, w) / 4)
+    frames = frames * jax.lax.rsqrt(jnp.maximum(power, 1e-30))
+    v, matched = _correlation_peak(_cross_power(frames, 1), jnp.zeros(2), sigma=max(h, w) / 4)
     if refine:
-        v = _refine_translation(grey, v)
-    return jnp.where(structured & matched, _observable_projector(grey) @ v, 0.0)
+        v = _refine_translation(frames, v)
+    return jnp.where(structured & matched, _observable_projector(frames) @ v, 0.0)
 
 
 # ----------------------------------------------------------------------- model and losses

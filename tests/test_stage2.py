@@ -99,12 +99,14 @@ def _mean_curl(velocity):
 
 def _decompose_ground_truth(preset):
     """One vmapped decompose over every ground-truth case: 5 translations, a static video,
-    two rotations (+, -) and a drifting grating, in this order."""
+    two rotations (+, -), a drifting grating and the same grating in red-blue opposition
+    (constant grey level), in this order."""
     videos = [translating_video(i, vx, vy) for i, (vx, vy) in enumerate(TRANSLATIONS)]
     videos.append(translating_video(7, 0.0, 0.0))             # static
     videos.append(rotating_video(8, OMEGA))
     videos.append(rotating_video(9, -OMEGA))
     videos.append(grating_video(**GRATING))
+    videos.append(_opponent(grating_video(**GRATING)))
     videos = jnp.asarray(np.stack(videos))
     start = time.perf_counter()
     dec = jax.block_until_ready(stage2.decompose(videos, stage2.Stage2Config.preset(preset),
@@ -151,7 +153,10 @@ def test_translations_direction_speed_and_texture(ground_truth):
 def test_static_video_has_no_motion(ground_truth):
     videos, dec, _ = ground_truth
     assert dec.summary["speed_px_per_frame"][5] < 0.1
-    assert dec.summary["motion_fraction"][5] == 0.0
+    assert np.abs(dec.displacement[5]).max() < 0.5          # px, anywhere in the clip
+    assert dec.summary["recon_mse"][5] < 1e-3  # the video's variance is ~2e-2
+    print(f"static: max |D| {np.abs(dec.displacement[5]).max():.3f} px, recon mse "
+          f"{dec.summary['recon_mse'][5]:.2e}")
     assert _corr(dec.texture[5], videos[5, 0]) > 0.9
 
 
@@ -163,12 +168,16 @@ def test_rotation_curl_has_the_right_sign(ground_truth):
     assert curl_pos > 0.25 * true and curl_neg < -0.25 * true
 
 
-def test_saturated_grating_moving_far(ground_truth):
-    """METHOD.md's hard case: a periodic, saturated pattern that moves 15 px over the clip."""
+@pytest.mark.parametrize("i,name", [(8, "grey-level"), (9, "red-blue opponent")])
+def test_saturated_grating_moving_far(ground_truth, i, name):
+    """METHOD.md's hard case: a periodic, saturated pattern that moves 15 px over the clip;
+    also when only its hue changes (the opponent version: before the motion estimate summed
+    colour channels, 89.7 deg at 2.0 px/frame)."""
     _, dec, _ = ground_truth
-    d_err = _angle_err(dec.summary["direction_deg"][8], GRATING["direction_deg"])
-    s_err = dec.summary["speed_px_per_frame"][8] - GRATING["speed"]
-    print(f"grating: direction error {d_err:.2f} deg, speed error {s_err:+.3f} px/frame")
+    d_err = _angle_err(dec.summary["direction_deg"][i], GRATING["direction_deg"])
+    s_err = dec.summary["speed_px_per_frame"][i] - GRATING["speed"]
+    print(f"{name} grating: direction error {d_err:.2f} deg, speed error {s_err:+.3f} "
+          f"px/frame")
     assert d_err < 10.0 and abs(s_err) < 0.25
 
 
@@ -206,6 +215,25 @@ def test_global_velocity_recovers_translations(vx, vy):
 def test_global_velocity_of_a_grating_is_its_normal_velocity():
     """Along the stripes nothing moves (aperture problem): the smallest shift is reported."""
     v = np.asarray(_global_velocity(jnp.asarray(grating_video(**GRATING))))
+    a = np.radians(GRATING["direction_deg"])
+    np.testing.assert_allclose(v, [np.cos(a), -np.sin(a)], atol=0.1)
+
+
+def _opponent(video):
+    """The video's grey level turned into a red-blue opposition: the frames' channel mean is
+    0.5 everywhere, so a grey-level motion estimate sees nothing at all."""
+    g = np.mean(video, axis=-1, keepdims=True)
+    return np.concatenate([g, np.full_like(g, 0.5), 1.0 - g], axis=-1).astype(np.float32)
+
+
+def test_global_velocity_sees_colour_only_motion():
+    """Content that changes hue but not grey level moves as visibly as grey content (before
+    the channels were summed, these gave (0, 0): decomposing the grating from noise then
+    reported 89.7 deg at 2.0 px/frame)."""
+    video = _opponent(translating_video(3, -1.5, 0.7))
+    assert np.ptp(video.mean(-1)) < 1e-6
+    np.testing.assert_allclose(_global_velocity(jnp.asarray(video)), [-1.5, 0.7], atol=0.05)
+    v = np.asarray(_global_velocity(jnp.asarray(_opponent(grating_video(**GRATING)))))
     a = np.radians(GRATING["direction_deg"])
     np.testing.assert_allclose(v, [np.cos(a), -np.sin(a)], atol=0.1)
 
@@ -261,6 +289,13 @@ def test_vmapped_decompose_equals_per_video():
             if name == "summary":
                 for s in a:
                     np.testing.assert_allclose(a[s][i], b[s], rtol=1e-3, atol=1e-3, err_msg=s)
+            elif name in ("displacement", "velocity"):
+                # Adam moves a parameter whose gradient is ~0 by a full step of noise-given
+                # sign, so the batched and single programs' rounding (1e-6 px in the global
+                # velocity) may differ there by up to a step: lr_flow x the frame size in px
+                # (0.016 px here; measured 0.005 at the top rows)
+                step_px = SMALL.lr_flow * videos.shape[2]
+                np.testing.assert_allclose(a[i], b, rtol=1e-3, atol=step_px, err_msg=name)
             else:
                 np.testing.assert_allclose(a[i], b, rtol=1e-3, atol=1e-3, err_msg=name)
 
