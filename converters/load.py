@@ -168,12 +168,7 @@ def _torch_reason(msg: str) -> str:
 def _load_plain_pickle(path: str, encoding: str) -> Any:
     with open(path, "rb") as f:
         data = f.read()
-    try:
-        return safe_pickle.loads(data, encoding=encoding, source=path)
-    except UnsafeFileError as e:
-        if path in str(e):
-            raise
-        raise UnsafeFileError(f"{path}: {e}") from None  # name the file the user gave
+    return safe_pickle.loads(data, encoding=encoding, source=path)  # errors name the file
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
