@@ -4,8 +4,9 @@
     kvjax.Config("paper")                           # the paper's settings (METHOD.md)
     kvjax.Config("fast", steps1=400, size=(16, 96, 96), param="pixel", lr2=5e-3)
 
-Overrides with the CLI's names: steps1, steps2, size (T, H, W of the optimised video), lr1, lr2,
-param ("pixel" | "spectral"), chunk (kernels per compiled stage-1 program; default None: as many
+Overrides with the CLI's names: steps1, steps2, size (T, H, W of the optimised video), lr1, lr2
+(stage 2's Adam rate for the texture, and for the flow too where the preset gives the flow no
+rate of its own: `paper`; `fast` keeps its flow at 1e-3, set it with stage2_lr_flow), param ("pixel" | "spectral"), chunk (kernels per compiled stage-1 program; default None: as many
 as fit in the free device memory, at most 4 per CPU device, kvjax.devices; stage 2 always fits
 its chunks to the memory unless stage2_chunk_size is set), input_size (T, H, W the model sees;
 None: the model's own), relu_grad (the gradient of the model's ReLUs in stage 1, for
@@ -27,7 +28,7 @@ PRESETS = ("fast", "paper")
 
 # Where each preset lets the model see the video. The paper resizes its 16x128x128 video to the
 # model's own input (32x224x224 for I3D). `fast` feeds the video at its own size: I3D is fully
-# convolutional up to Mixed_5c, and 8x fewer voxels is what makes a CPU run take minutes.
+# convolutional up to Mixed_5c, and 24.5x fewer voxels is what makes a CPU run take minutes.
 _INPUT_SIZE = {"paper": None, "fast": "video"}
 # The ReLU gradient the preset's features use (VideoModel.features' relu_grad). The paper's
 # reference takes PyTorch's true gradient, so a kernel silent on its starting video stays grey;

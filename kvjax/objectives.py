@@ -6,9 +6,10 @@ so one objective vmaps over many kernels. Objectives are always *maximised*: sta
 the negative internally and reports the objective itself, so larger is always better.
 
 They compose like Lucid's: `0.5 * channel() + neuron()` is an objective, evaluated as the same
-combination of the parts. Objectives are pytrees: array data (a direction vector) are leaves,
-everything else (positions, coefficients given as Python numbers) is static structure, so
-stage 1 passes the arrays to its compiled program as arguments.
+combination of the parts. Objectives are pytrees: a direction vector and a `Scaled`
+coefficient are leaves, positions are static structure. Stage 1 (`stage1.partition`) passes
+the array leaves to its compiled program as arguments and compiles Python-number leaves (a
+coefficient given as 0.5) in as constants; under a user's own `jax.jit` they are traced.
 """
 from __future__ import annotations
 
@@ -76,8 +77,12 @@ class Objective:
 
 
 def _channel_of(acts: jax.Array, kernel) -> jax.Array:
-    """acts[..., kernel] for a traced kernel index: f32[t,h,w]."""
+    """acts[..., kernel]: f32[t,h,w]. A concrete index out of range is an error; a traced one
+    is clamped (stage1.optimize checks the kernels it is given before tracing)."""
     chex.assert_rank(acts, 4)
+    if not isinstance(kernel, jax.core.Tracer) and not 0 <= int(kernel) < acts.shape[-1]:
+        raise ValueError(f"kernel index {int(kernel)} is out of range: the layer has "
+                         f"{acts.shape[-1]} channels (0-{acts.shape[-1] - 1})")
     return jax.lax.dynamic_index_in_dim(acts, jnp.asarray(kernel, jnp.int32), axis=-1,
                                         keepdims=False)
 
@@ -179,7 +184,7 @@ Sum = _pytree(Sum, data=("terms",))
 
 
 class Scaled(Objective):
-    """coef * objective (coef a Python number: static; an array: a traced leaf)."""
+    """coef * objective (coef a leaf: a Python number or an array)."""
     coef: float
     objective: Objective
 

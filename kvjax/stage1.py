@@ -212,7 +212,7 @@ after 25 / 100 steps, pixel lr 0.05: 1.92 / 4.02, pixel lr 0.1: 2.37 / 5.08, spe
 lr 0.1: 3.55 / 6.23.
 
 Size 16x64x64 seen at that size by the network (kvjax.Config's `fast` sets the model input to
-the video size; I3D is fully convolutional up to Mixed_5c) is 8x fewer voxels than the paper's
+the video size; I3D is fully convolutional up to Mixed_5c) is 24.5x fewer voxels than the paper's
 32x224x224 model input. This preset end to end, 8 kernels, quiet machine: Conv3d_2c_3x3 93 s
 (0.88 s per step, 13 s compile), Conv3d_1a_7x7 48 s (0.43 s per step); about 4x that under the
 load above. 64 px is still several receptive fields of early layers across; use --size for more.

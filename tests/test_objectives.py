@@ -39,10 +39,10 @@ def test_objectives_vmap_and_jit_over_a_traced_kernel_index():
     np.testing.assert_allclose(batched, [f(ACTS, k) for k in range(6)], rtol=1e-5, atol=1e-7)
 
 
-def test_objectives_are_pytrees_with_only_data_as_leaves():
+def test_objectives_are_pytrees_whose_leaves_are_coefficients_and_vectors():
     v = jnp.arange(6.0)
     leaves = jax.tree_util.tree_leaves(3 * obj.neuron((0, 1, 2)) + obj.direction(v))
-    assert len(leaves) == 2 and leaves[0] == 3 and leaves[1] is not None
+    assert len(leaves) == 2 and leaves[0] == 3 and leaves[1] is v   # no position among them
 
 
 def test_bad_inputs_say_what_is_expected():
@@ -54,6 +54,10 @@ def test_bad_inputs_say_what_is_expected():
         obj.channel() * obj.channel()
     with pytest.raises(ValueError, match="3 rows"):  # not clamped to the last row
         obj.direction(jnp.ones((3, 6)))(ACTS, 3)
+    for f in (obj.channel(), obj.neuron(), 2 * obj.channel() + obj.neuron()):
+        for k in (6, 9, -1):   # not clamped to the last channel (6 channels: 0-5)
+            with pytest.raises(ValueError, match=r"6 channels \(0-5\)"):
+                f(ACTS, k)
 
 
 def test_kernel_indices_an_objective_reads():

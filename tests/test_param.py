@@ -48,6 +48,22 @@ def test_color_matrix_columns_scaled_by_largest_norm():
         rtol=1e-6)
 
 
+def test_render_decorrelates_colours_as_lucid_does():
+    """Pixel params e_j at one voxel render as sigmoid(column j of Lucid's
+    color_correlation_svd_sqrt / its largest column norm), written out here from Lucid's
+    numbers (rows R, G, B): orientation, normalisation and sigmoid together."""
+    lucid = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+    lucid = lucid / np.sqrt(0.26 ** 2 + 0.27 ** 2 + 0.27 ** 2)  # column 0 is the longest
+    p = param.pixel(SIZE)
+    for j in range(3):
+        params = jnp.zeros((*SIZE, 3)).at[1, 2, 3, j].set(2.0)
+        video = np.asarray(p.render(params), np.float64)
+        np.testing.assert_allclose(np.log(video / (1 - video))[1, 2, 3], 2.0 * lucid[:, j],
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.delete(video.reshape(-1, 3), 1 * 80 + 2 * 10 + 3, 0),
+                                   0.5)   # every other voxel stays grey
+
+
 def test_spectral_dc_coefficient_gives_a_constant_colour():
     p = param.spectral(SIZE)
     params = jnp.zeros((2, *SIZE[:2], SIZE[2] // 2 + 1, 3)).at[0, 0, 0, 0, 0].set(1e-3)
