@@ -177,8 +177,9 @@ def arrow_samples(flow, spacing: int = 8):
 
     The field is averaged over spacing x spacing blocks. Returns (positions f32[N, 2],
     vectors f32[N, 2]): block centres as (x, y) pixel coordinates and mean vectors (dx, dy) in
-    px, both in image coordinates (y down). With matplotlib on an image axis (y inverted)
-    `quiver(x, y, dx, -dy, angles="xy")` draws them the right way up.
+    px, both in image coordinates (y down). With matplotlib on an image axis (y inverted),
+    `quiver(x, y, dx, -dy)` (the default angles="uv": directions on screen, y up) draws them
+    the right way up; with angles="xy" (directions in data coordinates) pass dy unchanged.
     """
     h, w, _ = flow.shape
     nh, nw = h // spacing, w // spacing

@@ -10,10 +10,11 @@ Losses (METHOD.md, each with its weight in `Stage2Config`):
     static   = mean_{p,c} (V_0 - I)^2
 
 with TV(X) = mean |X(p + e_x) - X(p)| + mean |X(p + e_y) - X(p)| (mean absolute difference of
-neighbours) and v_t = D_t - D_{t-1} the per-frame step of the displacement. The time term of
-smoothD is the reference code's difference along t of its flow parameter, which is this
-per-frame step (its displacement is the running sum of the parameter): constant motion costs
-nothing, changes of velocity do. Penalising |D_{t+1} - D_t| instead would charge for motion
+neighbours) and v_t = -(D_t - D_{t-1}) the content velocity (METHOD.md's sign; the absolute
+value does not depend on it). The time term of smoothD is the reference code's difference
+along t of its flow parameter, whose running sum is the displacement, so the parameter is
+the per-frame step D_t - D_{t-1} = -v_t: constant motion costs nothing, changes of velocity
+do. Penalising |D_{t+1} - D_t| instead would charge for motion
 itself and pull every speed towards zero.
 
 Units: V is min-max scaled to [-0.5, 0.5] per video (the weights were set for that range);
@@ -114,9 +115,12 @@ class Stage2Config:
 
     @classmethod
     def preset(cls, name: str = "fast", **overrides) -> "Stage2Config":
-        """`paper`: the reference's losses, weights, init and 2000 Adam steps, with a learning
-        rate that suits a correct warp. `fast`: 100 steps from the first frame and the global
-        motion, lighter TV on the texture. Measurements behind both: the module docstring.
+        """`paper`: the reference's losses, weights, N(0, 0.01^2) init and 2000 Adam steps,
+        with a learning rate that suits a correct warp, and one addition: the flow starts at
+        the global motion estimate (`motion_init="phase"`; "none" starts from the reference's
+        noise alone, which misses far-moving periodic content, METHOD.md). `fast`: 100 steps
+        from the first frame and the global motion, lighter TV on the texture. Measurements
+        behind both: the module docstring.
         """
         return presets.select(cls, {
             "paper": cls(),

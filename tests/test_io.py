@@ -55,6 +55,24 @@ def test_motion_frames_draw_the_flow_colours():
     assert red.mean() > 0.2
 
 
+def test_motion_frames_arrows_point_where_content_moves():
+    """The arrows' white pixels lean towards their heads: up for content moving up (image
+    v_y < 0), down for down, right for right; the arrows never leave the frame."""
+    def white_centroid(vx, vy):
+        v = np.zeros((1, 32, 32, 2), np.float32)
+        v[..., 0], v[..., 1] = vx, vy
+        frame = figures.motion_frames(v, 1.0, arrows=True)[0].astype(int)
+        main = frame[:, : int(0.7 * frame.shape[1])]  # the field's axes, not the legend
+        field = np.argwhere(main.max(-1) - main.min(-1) > 100)  # the saturated flow colours
+        (r0, c0), (r1, c1) = field.min(0), field.max(0)   # the image's box in the figure
+        inside = frame[r0:r1 + 1, c0:c1 + 1]
+        return np.argwhere(inside.min(-1) > 230).mean(0)  # (row, col) of the arrows' pixels
+    up, down = white_centroid(0.0, -1.0), white_centroid(0.0, 1.0)
+    left, right = white_centroid(-1.0, 0.0), white_centroid(1.0, 0.0)
+    assert up[0] < down[0] - 1 and abs(up[1] - down[1]) < 1
+    assert right[1] > left[1] + 1 and abs(right[0] - left[0]) < 1
+
+
 def _entries():
     files = {k: f"k0000_{k}.png" for k in ("stage1", "texture", "motion", "reconstruction")}
     nums = dict(activation=2.5, activation_start=0.1, recon_mse=1e-3, direction_deg=90.0,
@@ -80,6 +98,11 @@ def test_index_html_lists_every_kernel_and_picture(tmp_path):
     page = open(path).read()
     assert page.count("<tr><td") == 2 and "sheet.png" in page and "k0000_motion.png" in page
     assert "sortBy(5, true)" in page  # sorted by motion fraction on load
+    assert ">90</td>" in page
+    e = _entries()[1]
+    e["direction_deg"] = 359.6   # to the degree that is 0, not 360
+    page = open(report.write_index(str(tmp_path), "i3d", "M", [e], "s.png")).read()
+    assert ">0</td>" in page and ">360<" not in page
 
 
 def test_run_store_resumes_finished_chunks_and_refuses_other_settings(tmp_path):

@@ -360,6 +360,7 @@ def test_presets_and_config_errors():
     paper = stage2.Stage2Config.preset("paper")
     assert paper.steps == 2000 and paper.init_std == 0.01 and paper.texture_init == "noise"
     assert (paper.w_recon, paper.w_smooth_d, paper.w_smooth_i, paper.w_static) == (1, 1, 1, 1)
+    assert paper.lr == 1e-3 and paper.lr_flow is None and paper.motion_init == "phase"
     fast = stage2.Stage2Config.preset("fast", steps=7)
     assert fast.steps == 7 and fast.steps < paper.steps
     with pytest.raises(KvjaxError, match="valid: paper, fast"):

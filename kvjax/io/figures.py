@@ -1,7 +1,9 @@
 """Matplotlib figures: motion frames with their legend and arrows, and the contact sheet.
 
-Flow colours come from `kvjax.motion` (hue = on-screen direction, brightness = speed on one
-scale shared by all kernels of a layer). Arrows point the way content moves on screen.
+Flow colours come from `kvjax.motion` (hue = on-screen direction, brightness = speed up to a
+`scale` in px/frame: on the contact sheet one scale shared by all kernels of a layer, in a
+kernel's motion GIF its own, stated in the legend). Arrows point the way content moves on
+screen.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ def motion_frames(velocity: np.ndarray, scale: float, *, arrows: bool = True,
     """Frames uint8[T, h, w, 3] showing content velocity f32[T,H,W,2] (px/frame, image coords).
 
     Each frame: the colour-coded field (brightness full at `scale` px/frame), optional arrows
-    (block means, drawn in on-screen directions), and the colour-wheel legend.
+    (block means, centred on their blocks, drawn in on-screen directions), and the
+    colour-wheel legend.
     """
     t, h, w, _ = velocity.shape
     colours = np.asarray(motion.flow_to_rgb(velocity, scale=scale))
@@ -56,7 +59,7 @@ def motion_frames(velocity: np.ndarray, scale: float, *, arrows: bool = True,
                 # angles="uv": arrow angles in screen space, so v is up: pass -dy (image y is down)
                 quiv = ax.quiver(pos[:, 0], pos[:, 1], vec[:, 0], -vec[:, 1], color="white",
                                  scale=scale * (w / spacing) * 1.2, scale_units="width",
-                                 width=0.006, headwidth=4)
+                                 width=0.006, headwidth=4, pivot="mid")
             else:
                 quiv.set_UVC(vec[:, 0], -vec[:, 1])
         ax.set_title(f"{title}  frame {i + 1}/{t}".strip(), fontsize=8)

@@ -97,6 +97,13 @@ def _cell(x, fmt: str) -> str:
     return f'<td data-v="{x!r}">{format(x, fmt)}</td>'
 
 
+def _degrees(x) -> str:
+    """A direction in [0, 360) shown to the degree: 359.6 reads 0, not 360."""
+    if x is None:
+        return _cell(x, ".0f")
+    return f'<td data-v="{x!r}">{round(x) % 360:d}</td>'
+
+
 def write_index(out_dir: str, model: str, layer: str, entries: list[dict], sheet: str,
                 subtitle: str = "") -> str:
     """index.html: the contact sheet and one sortable row per kernel with all its pictures."""
@@ -107,7 +114,7 @@ def write_index(out_dir: str, model: str, layer: str, entries: list[dict], sheet
                        for k in ("stage1", "texture", "motion", "reconstruction"))
         rows.append(f'<tr><td data-v="{e["kernel"]}">{e["kernel"]}</td>'
                     + _cell(e["activation"], ".3g") + _cell(e["activation_start"], ".3g")
-                    + _cell(e["direction_deg"], ".0f") + _cell(e["speed_px_per_frame"], ".2f")
+                    + _degrees(e["direction_deg"]) + _cell(e["speed_px_per_frame"], ".2f")
                     + _cell(e["motion_fraction"], ".2f") + _cell(e["recon_mse"], ".2g")
                     + imgs + "</tr>")
     page = _PAGE.format(title=html.escape(f"{model} / {layer}"), subtitle=html.escape(subtitle),
