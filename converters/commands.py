@@ -32,14 +32,16 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
 
     `dst` must not exist, be an empty folder, or be a converted checkpoint of the same file
     for the same arch (which is then replaced). `hparams` add to (or replace) the training
-    hyper-parameters the file records, for a file that lacks them (VideoGPT's downsample).
+    hyper-parameters the file records, for a file that lacks them (VideoGPT's downsample);
+    only the names the arch's table declares (`Table.hparams`), with values it accepts.
     Returns a summary.
     """
     from flax import nnx
 
     from kvjax.models import weights
 
-    table = tables.get(arch)  # an unknown arch fails before any file is read
+    table = tables.get(arch)  # an unknown arch or --hparam fails before any file is read
+    hparams = table.check_hparams(hparams or {})
     existing = _check_destination(dst)
     tensors, meta = load_checkpoint(src)
     if hparams:

@@ -10,6 +10,8 @@ A table says, for one architecture, exactly which PyTorch tensor goes where:
     Table.prepare(tensors) -> tensors      renames an alternative layout of the same weights
                                            (Caffe2 blob names) to the table's keys
     Table.make_net(**config)               the kvjax NNX module the state belongs to
+    Table.hparams                          {name: check} of what `--hparam NAME=VALUE` may
+                                           give (hyper-parameters the weights cannot tell)
 
 Layout changes (PyTorch -> kvjax, channels last):
 
@@ -26,11 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from kvjax.errors import unknown_name
+from kvjax.errors import KvjaxError, unknown_name
 
 # Keys every PyTorch BatchNorm writes that carry no weights.
 BN_IGNORE = ("*num_batches_tracked",)
@@ -104,6 +106,27 @@ class Table:
     require: Callable[[Mapping[str, np.ndarray], Mapping | None], None] = lambda t, meta: None
     # `require(tensors, meta)` refuses (KvjaxError) a file whose config `config` can only
     # guess; `convert` calls it, guessing an architecture does not need it
+    hparams: Mapping[str, Callable[[Any], Any]] = dataclasses.field(default_factory=dict)
+    # {name: check(value) -> value} of the hyper-parameters `kvjax convert --hparam` takes
+    # (those `config` reads from the file's metadata); a check raises a KvjaxError naming
+    # the valid form
+
+    def check_hparams(self, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """`kvjax convert --hparam` values, checked: a KvjaxError names an unknown name with
+        the valid ones, or a bad value with its valid form."""
+        out = {}
+        for name, value in hparams.items():
+            if name not in self.hparams:
+                if not self.hparams:
+                    raise KvjaxError(f"--arch {self.arch} takes no --hparam (got {name!r}): "
+                                     f"its config is read from the tensors' shapes")
+                raise unknown_name("hyper-parameter", name, sorted(self.hparams),
+                                   where=f"for --arch {self.arch}")
+            try:
+                out[name] = self.hparams[name](value)
+            except KvjaxError as e:
+                raise KvjaxError(f"--hparam {e}") from None
+        return out
 
 
 # arch -> module under converters/ that defines TABLE (imported on first use).

@@ -16,9 +16,11 @@ irrelevant (they never see the video). Keys -> kvjax state paths:
 Config: n_hiddens, n_res_layers, embedding_dim from the shapes; downsample, sequence_length and
 resolution from the checkpoint's hyper-parameters (Lightning saves VideoGPT's args; `kvjax
 convert --hparam downsample=4,2,2` gives them for a bare state dict), else the 16 x 64 x 64
-default size. Without a recorded downsample `require` refuses the conversion: every
-downsampling kernel is 4x4x4 whatever its strides, so the weights cannot tell 4,4,4 from
-4,2,2 (guessing the architecture needs only the shapes, and takes (2^n,)*3).
+default size; `--hparam` takes only these three (`HPARAMS`), each checked before the file is
+read (downsample: three powers of two >= 1). Without a recorded downsample `require` refuses
+the conversion: every downsampling kernel is 4x4x4 whatever its strides, so the weights
+cannot tell 4,4,4 from 4,2,2 (guessing the architecture needs only the shapes, and takes
+(2^n,)*3).
 """
 from __future__ import annotations
 
@@ -43,11 +45,28 @@ def config(tensors, meta=None) -> dict:
            "n_res_layers": len(blocks),
            "embedding_dim": int(tensors["pre_vq_conv.conv.weight"].shape[0])
            if "pre_vq_conv.conv.weight" in tensors else model.DEFAULTS["embedding_dim"],
-           "downsample": [int(d) for d in hp.get("downsample", [2 ** n_convs] * 3)]}
-    for k in ("sequence_length", "resolution"):
-        if isinstance(hp.get(k), int):
-            cfg[k] = hp[k]
+           "downsample": [2 ** n_convs] * 3}
+    for k in ("downsample", "sequence_length", "resolution"):
+        if k in hp and (k == "downsample" or isinstance(hp[k], int)):
+            cfg[k] = _recorded(k, hp[k])
     return cfg
+
+
+# The hyper-parameters `kvjax convert --hparam NAME=VALUE` takes: {name: check(value) ->
+# value, a KvjaxError naming the valid form}. --hparam values are checked before the file
+# is read; they replace those the checkpoint records.
+HPARAMS = {"downsample": lambda v: list(model.check_downsample(v)),
+           "sequence_length": lambda v: model.check_size("sequence_length", v),
+           "resolution": lambda v: model.check_size("resolution", v)}
+
+
+def _recorded(name: str, value):
+    """A hyper-parameter the checkpoint records (or --hparam gave), checked."""
+    try:
+        return HPARAMS[name](value)
+    except KvjaxError as e:
+        raise KvjaxError(f"this VideoGPT checkpoint's hyper-parameters are unusable: {e}; "
+                         f"give the right value with --hparam {name}=...") from None
 
 
 def require(tensors, meta=None) -> None:
@@ -90,4 +109,4 @@ def mapping(n_hiddens=model.DEFAULTS["n_hiddens"], n_res_layers=model.DEFAULTS["
 TABLES = {"videogpt-vqvae": Table(
     "videogpt-vqvae", config, mapping, model.make_net,
     ignore=BN_IGNORE + ("decoder.*", "post_vq_conv.*", "codebook.*"),
-    source="wilson1yan/VideoGPT videogpt/vqvae.py", require=require)}
+    source="wilson1yan/VideoGPT videogpt/vqvae.py", require=require, hparams=HPARAMS)}

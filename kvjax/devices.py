@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -278,28 +279,69 @@ def start_processes(coordinator: str | None = None, num_processes: int | None = 
     """(this process's index, number of processes) of a run, starting JAX's distributed
     runtime when asked. Call before any JAX computation.
 
-    coordinator "HOST:PORT" (with num_processes and process_id, or neither when a cluster
-    environment gives them): jax.distributed.initialize with them; "auto": JAX's own detection
-    (JAX_COORDINATOR_ADDRESS, Slurm, Open MPI, Kubernetes, Cloud TPU). Without coordinator:
-    num_processes / process_id alone name independent processes (no JAX runtime joins them);
-    neither: one process, or what JAX already runs (e.g. a multi-host TPU slice).
+    coordinator "HOST:PORT" (process 0's address; with num_processes and process_id, or
+    neither when a cluster environment gives them): jax.distributed.initialize with them;
+    "auto": JAX's own detection (JAX_COORDINATOR_ADDRESS, Slurm, Open MPI, Kubernetes, Cloud
+    TPU). Without
+    coordinator: num_processes / process_id alone name independent processes (no JAX runtime
+    joins them); neither: one process, or what JAX already runs (e.g. a multi-host TPU slice).
+    Every flag is checked before the runtime starts; what JAX still refuses is a KvjaxError.
     """
     if coordinator is not None:
+        address = _coordinator_address(coordinator)
         if (num_processes is None) != (process_id is None):
             raise KvjaxError("give both --num-processes and --process-id, or neither (to "
                              "let JAX read them from the cluster environment)")
-        jax.distributed.initialize(None if coordinator == "auto" else coordinator,
-                                   num_processes=num_processes, process_id=process_id)
+        if num_processes is not None:
+            _check_process_flags(num_processes, process_id)
+        _initialize(address, num_processes, process_id)
         return jax.process_index(), jax.process_count()
     if num_processes is None and process_id is None:
         return jax.process_index(), jax.process_count()
     if num_processes is None or process_id is None:
         raise KvjaxError("give both --num-processes and --process-id (process ids are "
                          "0 to N-1)")
+    _check_process_flags(num_processes, process_id)
+    return process_id, num_processes
+
+
+# HOST:PORT with HOST a name, an IPv4 address or a bracketed IPv6 address ([::1]:1234).
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
+
+
+def _coordinator_address(coordinator: str) -> str | None:
+    """--coordinator as jax.distributed.initialize takes it: None for "auto", else the
+    checked "HOST:PORT" (port 1-65535)."""
+    if coordinator == "auto":
+        return None
+    m = _ADDRESS.fullmatch(coordinator)
+    if m is None or not 1 <= int(m[2]) <= 65535:
+        raise KvjaxError(f"--coordinator must be HOST:PORT (process 0's address and a free "
+                         f"port 1-65535, e.g. 10.0.0.1:12345) or 'auto'; got {coordinator!r}")
+    return coordinator
+
+
+def _check_process_flags(num_processes: int, process_id: int) -> None:
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise KvjaxError(f"--process-id must be in 0-{max(num_processes, 1) - 1} and "
                          f"--num-processes at least 1; got {process_id} of {num_processes}")
-    return process_id, num_processes
+
+
+def _initialize(address: str | None, num_processes: int | None,
+                process_id: int | None) -> None:
+    """jax.distributed.initialize, its refusals (ValueError: what it could not find) as a
+    KvjaxError saying what `--coordinator auto` needs."""
+    try:
+        jax.distributed.initialize(address, num_processes=num_processes,
+                                   process_id=process_id)
+    except ValueError as e:
+        what = ("--coordinator auto found no cluster to join" if address is None else
+                f"cannot start JAX's distributed runtime at {address}")
+        raise KvjaxError(
+            f"{what} (JAX: {e}): without --num-processes and --process-id JAX reads them "
+            f"from Slurm, Open MPI, Kubernetes or a Cloud TPU slice ('auto' the address too, "
+            f"or from JAX_COORDINATOR_ADDRESS=HOST:PORT); elsewhere give --coordinator "
+            f"HOST:PORT --num-processes N --process-id I") from None
 
 
 def to_host(tree: Any) -> Any:

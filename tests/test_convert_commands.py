@@ -4,6 +4,7 @@ inspects a full checkpoint, tests/test_convert_cli.py runs the command line)."""
 import argparse
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -127,6 +128,57 @@ def test_videogpt_without_its_downsample_is_refused_unless_given(tmp_path):
     config = model_checkpoint.read_manifest(tmp_path / "ck")["config"]
     assert config["downsample"] == [4, 2, 2]
 
+
+
+@pytest.mark.parametrize("hparam,msg", [
+    ("downsample=4", r"--hparam downsample must be three powers of two >= 1, the stride per "
+                     r"axis T,H,W \(e.g. 4,4,4 or 4,2,2\); got 4$"),
+    ("downsample=0,2,2", r"downsample must be three powers of two >= 1.*got 0,2,2$"),
+    ("downsample=4,3,2", r"downsample must be three powers of two >= 1.*got 4,3,2$"),
+    ("downsample=4,2,x", r"downsample must be three powers of two >= 1.*got '4,2,x'$"),
+    ("downsample=4,2", r"downsample must be three powers of two >= 1.*got 4,2$"),
+    ("resolution=0", r"--hparam resolution must be a whole number >= 1 .*got 0$"),
+    ("sequence_length=x", r"--hparam sequence_length must be a whole number >= 1.*got 'x'$"),
+    ("bogus=1", r"unknown hyper-parameter 'bogus' for --arch videogpt-vqvae; valid: "
+                r"downsample, resolution, sequence_length$"),
+], ids=["one-int", "zero", "not-power-of-two", "not-a-number", "two", "resolution", "frames",
+        "unknown"])
+def test_videogpt_hparams_are_checked_and_name_the_valid_forms(tmp_path, capsys, hparam, msg):
+    """--hparam values a VideoGPT conversion cannot use exit 2 with one line, nothing written
+    (they reached int() and math.log2 before, or were ignored)."""
+    from kvjax.cli import main
+    ref = torch_refs.random_module(torch_refs.VQVAE, n_hiddens=16, n_res_layers=1,
+                                   downsample=(4, 2, 2), embedding_dim=4)
+    torch.save(ref.state_dict(), tmp_path / "bare.pth")
+    assert main(["convert", str(tmp_path / "bare.pth"), str(tmp_path / "ck"),
+                 "--arch", "videogpt-vqvae", "--hparam", "downsample=4,2,2",
+                 "--hparam", hparam]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kvjax convert: error: "), err
+    assert re.search(msg, err[0]), err[0]
+    assert os.listdir(tmp_path) == ["bare.pth"]
+
+
+def test_hparams_are_checked_before_the_file_is_read(tmp_path):
+    never = str(tmp_path / "never-read.pth")
+    with pytest.raises(KvjaxError, match=r"--arch c3d takes no --hparam \(got 'downsample'\)"):
+        commands.convert(never, str(tmp_path / "out"), "c3d", {"downsample": [4, 2, 2]})
+    with pytest.raises(KvjaxError, match="downsample must be three powers of two"):
+        commands.convert(never, str(tmp_path / "out"), "videogpt-vqvae", {"downsample": 4})
+
+
+def test_videogpt_unusable_recorded_downsample_says_to_give_it(tmp_path):
+    ref = torch_refs.random_module(torch_refs.VQVAE, n_hiddens=16, n_res_layers=1,
+                                   downsample=(2, 4, 4), embedding_dim=4)
+    torch.save({"state_dict": ref.state_dict(),
+                "hyper_parameters": {"downsample": [2, 4]}}, tmp_path / "vq.ckpt")
+    with pytest.raises(KvjaxError, match=r"checkpoint's hyper-parameters are unusable: "
+                                         r"downsample must be .*got 2,4; give the right value "
+                                         r"with --hparam downsample="):
+        commands.convert(str(tmp_path / "vq.ckpt"), str(tmp_path / "ck"), "videogpt-vqvae")
+    commands.convert(str(tmp_path / "vq.ckpt"), str(tmp_path / "ck"), "videogpt-vqvae",
+                     {"downsample": [2, 4, 4]})
+    assert model_checkpoint.read_manifest(tmp_path / "ck")["config"]["downsample"] == [2, 4, 4]
 
 def test_hparam_arguments_parse_to_numbers_and_lists():
     from kvjax.cli import _hparam

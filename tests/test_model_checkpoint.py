@@ -123,3 +123,45 @@ def test_i3d_given_a_missing_file_or_a_converted_folder_says_what_to_do(tmp_path
     (tmp_path / "empty").mkdir()
     with pytest.raises(KvjaxError, match="cannot read .*empty"):
         load_model("i3d", str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("arch,config,msg", [
+    ("c3d", {"bogus": 1}, r"unknown config field 'bogus' in .*ck's manifest; .*valid: "
+                          r"num_classes, seed$"),
+    ("c3d", {"num_classes": "x"}, r"ck's manifest has config field 'num_classes' = 'x'; it "
+                                  r"must be a whole number >= 1$"),
+    ("c3d", {"num_classes": -1}, r"'num_classes' = -1; it must be a whole number >= 1$"),
+    ("c3d", {"num_classes": True}, r"'num_classes' = True; it must be a whole number >= 1$"),
+    ("flownets", {"batch_norm": 1}, r"'batch_norm' = 1; it must be true or false$"),
+    ("r3d_18", {"arch": "r3d_18"}, r"unknown config field 'arch'.*valid: num_classes, seed$"),
+    ("videogpt-vqvae", {"downsample": 4}, r"'downsample' = 4; it must be a list of whole "
+                                          r"numbers$"),
+    ("videogpt-vqvae", {"downsample": [3, 2, 2]},
+     r"ck's manifest config \{'downsample': \[3, 2, 2\]\} does not build a 'videogpt-vqvae' "
+     r"model: downsample must be three powers of two >= 1.*got 3,2,2$"),
+    ("c3d", [1, 2], r"ck's manifest has a config that is a list, not a mapping of "
+                    r"kvjax.models.c3d.make_net arguments$"),
+], ids=["unknown", "str", "negative", "bool", "bool-field", "partial-bound", "int-for-list",
+        "bad-downsample", "list"])
+def test_manifest_config_the_model_cannot_take_is_named(tmp_path, arch, config, msg):
+    """A converted checkpoint's config is checked against its make_net before it is called
+    (it raised make_net's TypeError or a JAX shape error before)."""
+    from kvjax.errors import CorruptFileError
+    model_checkpoint.save(tmp_path / "ck", arch, STATE, {"config": config})
+    with pytest.raises(CorruptFileError, match=msg):
+        kvjax.load_model(arch, checkpoint=str(tmp_path / "ck"))
+
+
+def test_non_numeric_checkpoint_arrays_are_named_as_mismatches():
+    from flax import nnx
+
+    from kvjax.errors import WeightsMismatchError
+    from kvjax.models import weights
+    net = nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    mapping = {"w": (("kernel",), weights.identity), "b": (("bias",), weights.identity)}
+    with pytest.raises(WeightsMismatchError, match=r"in\.pkl does not match the model: "
+                                                   r"w: a str, not a numeric array; "
+                                                   r"b: an array of dtype <U1, not a numeric"):
+        weights.assign(net, {"w": "x", "b": np.array(["y"])}, mapping, source="in.pkl")
+    weights.assign(net, {"w": np.ones((2, 3), np.int32), "b": [0.0, 1.0, 2.0]}, mapping)
+    np.testing.assert_array_equal(net.bias.get_value(), [0.0, 1.0, 2.0])

@@ -331,6 +331,67 @@ def test_process_flags_are_checked():
         devices.start_processes(None, 4, 4)
 
 
+
+@pytest.mark.parametrize("coordinator", ["bogus", "localhost", "localhost:", ":1234",
+                                         "localhost:99999", "host name:12", "a:b:12"])
+def test_coordinator_must_be_host_port_or_auto(coordinator, monkeypatch):
+    monkeypatch.setattr(jax.distributed, "initialize", _no_runtime)
+    with pytest.raises(KvjaxError, match=r"--coordinator must be HOST:PORT .* or 'auto'; got"):
+        devices.start_processes(coordinator, 2, 0)
+
+
+def test_coordinator_flags_are_checked_before_the_runtime_starts(monkeypatch):
+    monkeypatch.setattr(jax.distributed, "initialize", _no_runtime)
+    with pytest.raises(KvjaxError, match=r"--process-id must be in 0-1 .*got 5 of 2"):
+        devices.start_processes("localhost:23456", 2, 5)
+    with pytest.raises(KvjaxError, match="at least 1; got 0 of 0"):
+        devices.start_processes("localhost:23456", 0, 0)
+    with pytest.raises(KvjaxError, match="both --num-processes and --process-id"):
+        devices.start_processes("auto", 2, None)
+    with pytest.raises(KvjaxError, match=r"--process-id must be in 0-1"):
+        devices.start_processes("auto", 2, -1)
+
+
+def test_coordinator_auto_outside_a_cluster_says_what_it_needs(monkeypatch):
+    """JAX's own refusal (a ValueError) becomes one KvjaxError naming what 'auto' needs."""
+    def initialize(address, num_processes=None, process_id=None):
+        assert (address, num_processes, process_id) == (None, None, None)
+        raise ValueError("coordinator_address should be defined.")
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    with pytest.raises(KvjaxError, match=r"auto found no cluster .*coordinator_address should "
+                                         r"be defined.*Slurm.*--coordinator HOST:PORT"):
+        devices.start_processes("auto")
+
+
+def test_coordinator_host_port_without_counts_takes_them_from_the_cluster(monkeypatch):
+    """HOST:PORT alone: JAX reads the counts from Slurm & co; outside a cluster its refusal
+    is one KvjaxError."""
+    seen = []
+
+    def initialize(address, num_processes=None, process_id=None):
+        seen.append((address, num_processes, process_id))
+        raise ValueError("Number of processes must be defined.")
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    with pytest.raises(KvjaxError, match=r"runtime at localhost:23456 \(JAX: Number of "
+                                         r"processes must be defined.\).*Slurm"):
+        devices.start_processes("localhost:23456")
+    assert seen == [("localhost:23456", None, None)]
+
+
+def test_coordinator_host_port_reaches_the_runtime(monkeypatch):
+    seen = []
+    monkeypatch.setattr(jax.distributed, "initialize",
+                        lambda *a, **kw: seen.append((a, kw)))
+    for address in ("localhost:23456", "10.0.0.1:1", "[::1]:65535", "node-3.cluster:80"):
+        devices.start_processes(address, 2, 1)
+    assert [a for a, _ in seen] == [("localhost:23456",), ("10.0.0.1:1",), ("[::1]:65535",),
+                                    ("node-3.cluster:80",)]
+    assert seen[0][1] == {"num_processes": 2, "process_id": 1}
+
+
+def _no_runtime(*args, **kwargs):
+    raise AssertionError("jax.distributed.initialize must not be reached")
+
 def test_run_store_of_several_processes(tmp_path, monkeypatch):
     """Under a multi-process JAX runtime chunks are npz folders; each process removes only
     its own unfinished chunks; every process reads every chunk, orbax or npz."""

