@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     vis.add_argument("--chunk", type=int, default=None,
                      help="kernels per compiled program (default: what fits in device memory, "
                           "at most 32 per device, 4 per CPU device)")
-    vis.add_argument("--seed", type=int, default=0)
+    vis.add_argument("--seed", type=_seed, default=0, metavar="N",
+                     help=f"random seed, 0 to {SEED_MAX} (default: 0)")
     vis.add_argument("--out", default="kvjax-out", help="output folder (default: kvjax-out)")
     vis.add_argument("--resume", action="store_true",
                      help="continue a run in --out (also automatic when --out holds the same run)")
@@ -79,6 +80,21 @@ def _hparam(text: str) -> tuple[str, object]:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="i3d", help="built-in model name (default: i3d)")
     p.add_argument("--checkpoint", default=None, help="converted checkpoint (kvjax convert)")
+
+
+# jax.random.key takes a seed in the int64 range but, without jax_enable_x64, keeps only its
+# low 32 bits (key(2**32) == key(0)): every seed in 0-SEED_MAX gives its own key.
+SEED_MAX = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+        if not 0 <= seed <= SEED_MAX:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be an integer 0 to {SEED_MAX}, got {text!r}")
+    return seed
 
 
 def _size(text: str) -> tuple[int, int, int]:

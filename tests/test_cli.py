@@ -95,6 +95,22 @@ def test_coarse_steps_that_cannot_run_are_refused_first(tmp_path, capsys, args, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize("seed", ["9223372036854775808", "4294967296", "-1", "1.5"])
+def test_a_seed_jax_cannot_take_is_refused_by_the_parser(tmp_path, capsys, seed):
+    """Checked with the arguments, before anything is written; 2**32 and over would repeat
+    smaller seeds (jax.random.key keeps 32 bits) or overflow."""
+    from kvjax import cli
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["visualize", "--seed", seed, "--kernels", "0", "--out", str(out), *TINY[:2]])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"argument --seed: seed must be an integer 0 to 4294967295, got "
+                            f"{seed!r}"), err
+    assert not out.exists()
+    assert cli._seed("4294967295") == 4294967295 and cli._seed("0") == 0
+
+
 def test_out_that_cannot_be_a_folder_is_refused(kvjax, tmp_path):
     afile = tmp_path / "file"
     afile.write_text("keep me")

@@ -1,7 +1,8 @@
 """`kvjax visualize`: both stages for chosen kernels of a layer, written into --out.
 
-Reads top to bottom: check every input (nothing is written before that), start or resume the
-run, then per chunk of kernels: optimise, save the chunk, write its pictures, and rewrite the
+Reads top to bottom: check every input (nothing is written before that; with --resume the
+saved run's settings are checked instead of the ones given), start or resume the run, then
+per chunk of kernels: optimise, save the chunk, write its pictures, and rewrite the
 layer's report (results.json, contact sheet, index.html).
 
 Devices and processes (kvjax.devices): each chunk's kernels are split over this process's
@@ -25,7 +26,7 @@ from kvjax.config import Config
 from kvjax.errors import KvjaxError
 from kvjax.io import figures, pictures, report
 from kvjax.io.progress import Progress
-from kvjax.io.run_state import RunStore
+from kvjax.io.run_state import RunStore, weights_identity
 from kvjax.kernels import parse_kernels
 
 DEFAULT_KERNELS = "0-7"
@@ -86,9 +87,102 @@ def _make_out(path: str) -> str:
 
 
 def _settings(args, model, layer: str, kernels: list[int], config: Config) -> dict:
-    return {"model": model.name, "checkpoint": args.checkpoint, "layer": layer,
-            "kernels": kernels, "seed": args.seed, "preset": args.preset,
+    """The run's settings as run.json keeps them; "checkpoint" is the weights' identity
+    (absolute path and sha256 of the contents, `weights_identity`), None for built-in ones."""
+    return {"model": model.name, "checkpoint": weights_identity(args.checkpoint),
+            "layer": layer, "kernels": kernels, "seed": args.seed, "preset": args.preset,
             "overrides": _overrides(args), "config": config.to_dict()}
+
+
+def _checked_model(name: str, checkpoint: str | None, layer: str | None, kernels,
+                   config: Config):
+    """(model, layer, kernels) once the layer, the coarse phase's input and the kernels
+    (a spec or a list) are checked against the model at the config's input size."""
+    from kvjax.models import load_model
+    from kvjax.models.base import coarse_size
+    model = load_model(name, checkpoint)
+    layer = layer or model.default_layer
+    info = model.check_layer(layer, config.input_size)
+    if config.stage1.coarse_steps:
+        small = coarse_size(config.input_size or model.input_size, config.stage1.coarse_factor)
+        try:
+            model.check_layer(layer, small)
+        except KvjaxError as e:
+            raise KvjaxError(f"--coarse-steps: the coarse phase's model input is too small: {e}"
+                             ) from None
+    return model, layer, parse_kernels(kernels, info.channels, layer=layer)
+
+
+def _saved_run(saved: dict, out: str):
+    """(model, layer, kernels, config) of the run saved in `out`, checked as given ones are,
+    its weights checked to be those it started with."""
+    try:
+        name, checkpoint, layer, kernels, preset, overrides = (saved[k] for k in (
+            "model", "checkpoint", "layer", "kernels", "preset", "overrides"))
+    except (KeyError, TypeError) as e:
+        raise KvjaxError(f"{os.path.join(out, 'run.json')} is not a kvjax run's settings "
+                         f"({type(e).__name__}: {e}); choose another --out") from None
+    config = _config(preset, overrides)
+    if checkpoint is not None:
+        _check_same_weights(checkpoint, out)
+        checkpoint = checkpoint["path"]
+    return (*_checked_model(name, checkpoint, layer, kernels, config), config)
+
+
+def _check_same_weights(saved: dict | str, out: str) -> None:
+    """Refuse to continue the run in `out` unless the checkpoint it records (`saved`, from
+    run.json) still holds the same weights: its finished kernels came from those."""
+    if not (isinstance(saved, dict) and {"path", "sha256"} <= saved.keys()):  # a path alone
+        raise KvjaxError(f"the run in {out} records its checkpoint {saved!r} by path alone "
+                         f"(an older kvjax), so kvjax cannot tell whether it still holds the "
+                         f"same weights; choose another --out")
+    path = saved["path"]
+    if not os.path.exists(path):
+        raise KvjaxError(f"the run in {out} was started with the weights in {path}, which are "
+                         f"gone; put them back there to continue it, or choose another --out")
+    now = weights_identity(path)["sha256"]
+    if now != saved["sha256"]:
+        raise KvjaxError(_changed_weights(path, out, saved["sha256"], now))
+
+
+def _changed_weights(path: str, out: str, then: str, now: str) -> str:
+    return (f"the weights in {path} changed since the run in {out} started (sha256 "
+            f"{then[:12]}... then, {now[:12]}... now): its finished kernels come from the "
+            f"old weights, so the run cannot go on with these; put the old weights back to "
+            f"continue it, or choose another --out for the new ones")
+
+
+def _refuse_changed_weights(saved: dict | None, given: dict, out: str) -> None:
+    """A clear refusal when `out` holds a run whose checkpoint is at the same path as the
+    given one but with other contents (other differences: RunStore.start's message)."""
+    old, new = (saved or {}).get("checkpoint"), given["checkpoint"]
+    if isinstance(old, dict) and new is not None and old.get("path") == new["path"] \
+            and old.get("sha256") != new["sha256"]:
+        raise KvjaxError(_changed_weights(new["path"], out, str(old.get("sha256")),
+                                          new["sha256"]))
+
+
+def _ignored(args, saved: dict) -> list[str]:
+    """The settings given with --resume that differ from the saved run's (which win)."""
+    given = {"model": args.model, "preset": args.preset, "seed": args.seed, "layer": args.layer}
+    ignored = [k for k, v in given.items() if v is not None and v != saved.get(k)]
+    ck = saved.get("checkpoint")
+    if args.checkpoint is not None and os.path.abspath(args.checkpoint) != (
+            ck.get("path") if isinstance(ck, dict) else ck):
+        ignored.append("checkpoint")
+    if args.kernels is not None and not _same_kernels(args.kernels, saved.get("kernels")):
+        ignored.append("kernels")
+    if any(v is not None and v != saved.get("overrides", {}).get(k)
+           for k, v in _overrides(args).items()):
+        ignored.append("overrides")
+    return sorted(ignored)
+
+
+def _same_kernels(spec: str, kernels: list[int]) -> bool:
+    try:
+        return parse_kernels(spec, max(kernels) + 1) == kernels
+    except (KvjaxError, TypeError, ValueError):
+        return False
 
 
 # -- outputs -------------------------------------------------------------------------------
@@ -176,40 +270,36 @@ def run(args) -> int:
     from kvjax import devices
     from kvjax.pipeline import visualize
 
-    # Check everything first: nothing is written for bad input.
-    config = _config(args.preset, _overrides(args))
+    # Check everything first: nothing is written for bad input. --resume continues the run
+    # saved in --out with its own settings: those are checked, whatever else is given.
     _check_out(args.out)
+    saved = RunStore(args.out).settings() if args.resume else None
+    if saved is None:
+        config = _config(args.preset, _overrides(args))
     index, count = devices.start_processes(args.coordinator, args.num_processes,
                                            args.process_id)
     import jax  # after start_processes: JAX's distributed runtime must start first
-    from kvjax.models import load_model
-    from kvjax.models.base import coarse_size
-    model = load_model(args.model, args.checkpoint)
-    layer = args.layer or model.default_layer
-    info = model.check_layer(layer, config.input_size)
-    if config.stage1.coarse_steps:
-        small = coarse_size(config.input_size or model.input_size, config.stage1.coarse_factor)
-        try:
-            model.check_layer(layer, small)
-        except KvjaxError as e:
-            raise KvjaxError(f"--coarse-steps: the coarse phase's model input is too small: {e}"
-                             ) from None
-    kernels = parse_kernels(args.kernels or DEFAULT_KERNELS, info.channels, layer=layer)
+    if saved is None:
+        model, layer, kernels = _checked_model(args.model, args.checkpoint, args.layer,
+                                               args.kernels or DEFAULT_KERNELS, config)
+        given = _settings(args, model, layer, kernels, config)
+    else:
+        model, layer, kernels, config = _saved_run(saved, args.out)
+        given = saved
     out = _make_out(args.out)
 
     store = RunStore(out)
-    given = _settings(args, model, layer, kernels, config)
+    _refuse_changed_weights(store.settings(), given, out)
     settings = store.start(given, resume=args.resume, owned=())
-    if settings != given:  # --resume: the saved run goes on with all of its own settings
-        ignored = sorted(k for k in set(given) | set(settings)
-                         if k != "config" and given.get(k) != settings.get(k))
+    if settings != given:  # run.json appeared (another process) since it was read above
+        raise KvjaxError(f"{os.path.join(out, 'run.json')} changed while this run started; "
+                         f"run the command again")
+    if saved is not None:
+        ignored = _ignored(args, saved)
         print(f"resuming the run in {out} with its own settings: {settings['model']} / "
-              f"{settings['layer']}, {len(settings['kernels'])} kernels; ignoring the "
-              f"{', '.join(ignored)} given now", flush=True)
-        if settings["model"] != model.name or settings["checkpoint"] != args.checkpoint:
-            model = load_model(settings["model"], settings["checkpoint"])
-        layer, kernels = settings["layer"], settings["kernels"]
-        config = _config(settings["preset"], settings["overrides"])
+              f"{settings['layer']}, {len(settings['kernels'])} kernels"
+              + (f"; ignoring the {', '.join(ignored)} given now" if ignored else ""),
+              flush=True)
 
     share = devices.process_share(kernels, index, count)
     store.remove_unfinished(share)  # only this process's: the others may be saving theirs

@@ -4,7 +4,8 @@ Layout inside the output folder:
 
     run.json                      the run's settings (model, layer, config, seed, kernels)
     state/chunk-<k0>-<k1>-<n>/    one finished chunk of n kernels (first k0, last k1):
-                                  per-kernel arrays, K first
+                                  per-kernel arrays, K first, and `run_fingerprint`
+                                  (u8[32], the sha256 of the settings it was made with)
 
 A chunk folder is an orbax checkpoint. Under JAX's distributed runtime (several processes,
 jax.process_count() > 1) it is instead `arrays.npz` (numpy's zip of arrays): orbax then saves
@@ -15,22 +16,30 @@ when complete, so a run killed at any moment leaves finished chunks intact and a
 temporary folder, which the next start removes. Several processes share one folder: each
 removes only its own kernels' temporary folders. A chunk's results depend only on (seed,
 kernel), so resuming gives the same numbers as an uninterrupted run.
+
+Only chunks of the run in force are taken: a chunk whose fingerprint is not that of the
+run's settings (left by another run, or saved by a kvjax that did not record it) is refused,
+as is a damaged one, with an error naming its folder, before run.json is written.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
-from typing import Any, Collection
+from typing import Any, Collection, Iterator
 
 import numpy as np
 
-from kvjax.errors import KvjaxError
+from kvjax.errors import CorruptFileError, KvjaxError
 from kvjax.io.atomic import write_text
 
 _STATE = "state"
 _NPZ = "arrays.npz"
+_FINGERPRINT = "run_fingerprint"  # saved with every chunk
 
 
 class RunStore:
@@ -40,6 +49,7 @@ class RunStore:
         self.out_dir = os.fspath(out_dir)
         self.state_dir = os.path.join(self.out_dir, _STATE)
         self._loaded: dict[str, dict[int, dict]] = {}  # chunk folder -> its kernels, read once
+        self._fingerprint: np.ndarray | None = None  # of the settings in force, set by start
 
     # -- settings --------------------------------------------------------------------------
     def settings(self) -> dict | None:
@@ -61,6 +71,7 @@ class RunStore:
         `resume`, which continues the saved run with its own settings. owned: the kernels
         whose unfinished chunk folders are removed (default: all; a process sharing the
         folder with others names its own share, or none and calls `remove_unfinished` later).
+        Every saved chunk is read and checked (`finished`) before run.json is written.
         """
         saved = self.settings()
         if saved is not None and saved != settings:
@@ -70,8 +81,10 @@ class RunStore:
                     f"{self.out_dir} holds a run with other settings ({', '.join(diff)} differ); "
                     "pass --resume to continue that run, or choose another --out")
             settings = saved
+        self._fingerprint = fingerprint(settings)
         os.makedirs(self.state_dir, exist_ok=True)
         self.remove_unfinished(owned)
+        self.finished()  # a foreign or damaged chunk is refused before anything is written
         write_text(os.path.join(self.out_dir, "run.json"), json.dumps(settings, indent=2))
         return settings
 
@@ -81,6 +94,7 @@ class RunStore:
         kernels = np.asarray(arrays["kernels"])
         name = f"chunk-{int(kernels[0]):05d}-{int(kernels[-1]):05d}-{len(kernels)}"
         tree = {k: np.asarray(v) for k, v in _flatten(arrays).items()}
+        tree[_FINGERPRINT] = self._settings_fingerprint()
         path = os.path.join(os.path.abspath(self.state_dir), name)
         if _processes() > 1:
             _save_npz(path, tree)
@@ -92,7 +106,11 @@ class RunStore:
 
     def finished(self) -> dict[int, dict[str, np.ndarray]]:
         """{kernel: {name: array without the kernel axis}} for every saved chunk (whichever
-        process saved it; chunks already read by this store are not read again)."""
+        process saved it; chunks already read by this store are not read again).
+
+        Raises CorruptFileError for a chunk that cannot be read and KvjaxError for one made
+        with other settings, naming its folder: deleting it has its kernels computed again.
+        """
         out: dict[int, dict[str, np.ndarray]] = {}
         if not os.path.isdir(self.state_dir):
             return out
@@ -100,11 +118,33 @@ class RunStore:
             if not name.startswith("chunk-") or "tmp" in name:
                 continue
             if name not in self._loaded:
-                tree = _unflatten(_load(os.path.join(os.path.abspath(self.state_dir), name)))
-                self._loaded[name] = {int(k): _index(tree, i) for i, k in
-                                      enumerate(np.asarray(tree["kernels"]).tolist())}
+                self._loaded[name] = self._read_chunk(name)
             out.update(self._loaded[name])
         return out
+
+    def _read_chunk(self, name: str) -> dict[int, dict[str, np.ndarray]]:
+        """{kernel: arrays} of the chunk folder `name`, checked to be this run's."""
+        path = os.path.join(os.path.abspath(self.state_dir), name)
+        again = "delete that folder and run again to compute its kernels again"
+        try:
+            flat = _load(path)
+            made_by = flat.pop(_FINGERPRINT, None)
+            tree = _unflatten(flat)
+            kernels = np.asarray(tree["kernels"]).tolist()
+            chunk = {int(k): _index(tree, i) for i, k in enumerate(kernels)}
+        except Exception as e:  # orbax/tensorstore/numpy raise many types for damaged files
+            raise CorruptFileError(f"the saved chunk {path} is damaged and cannot be read: "
+                                   f"{again} ({type(e).__name__}: {str(e)[:200]})") from None
+        if made_by is None or not np.array_equal(made_by, self._settings_fingerprint()):
+            raise KvjaxError(f"the saved chunk {path} was not made with the settings of this "
+                             f"run ({os.path.join(self.out_dir, 'run.json')}): it comes from "
+                             f"another run or an older kvjax; {again}, or choose another --out")
+        return chunk
+
+    def _settings_fingerprint(self) -> np.ndarray:
+        if self._fingerprint is None:  # not started: the run saved in the folder
+            self._fingerprint = fingerprint(self.settings() or {})
+        return self._fingerprint
 
     def remove_unfinished(self, owned: Collection[int] | None = None) -> None:
         """Remove the temporary folders of unfinished chunks whose first kernel is in `owned`
@@ -116,6 +156,45 @@ class RunStore:
             if owned is not None and _first_kernel(name) not in owned:
                 continue  # another process's chunk, maybe being written now
             shutil.rmtree(os.path.join(self.state_dir, name), ignore_errors=True)
+
+
+def fingerprint(settings: dict) -> np.ndarray:
+    """u8[32]: the sha256 of `settings` as JSON with sorted keys (tuples read as lists)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8).copy()
+
+
+def weights_identity(path: str | os.PathLike | None) -> dict | None:
+    """What a run records of its --checkpoint: None for the model's built-in weights (no
+    checkpoint), else {"path": absolute path, "sha256": hex digest of the file's bytes, or
+    of a folder's files (each one's path relative to the folder, size and bytes, in sorted
+    order)}. Files are streamed in 1 MiB blocks."""
+    if path is None:
+        return None
+    path = os.path.abspath(os.fspath(path))
+    h = hashlib.sha256()
+    if os.path.isdir(path):
+        for rel in _files_below(path):
+            full = os.path.join(path, rel)
+            h.update(f"{rel}\0{os.path.getsize(full)}\0".encode())
+            _hash_file(h, full)
+    else:
+        _hash_file(h, path)
+    return {"path": path, "sha256": h.hexdigest()}
+
+
+def _files_below(folder: str) -> list[str]:
+    """Paths of every file under `folder`, relative to it, sorted."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        out.extend(os.path.relpath(os.path.join(root, f), folder) for f in files)
+    return sorted(out)
+
+
+def _hash_file(h, path: str, block: int = 1 << 20) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
 
 
 def _processes() -> int:
@@ -147,6 +226,24 @@ def _save_npz(path: str, tree: dict[str, np.ndarray]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _closed_loop_noise_dropped() -> Iterator[None]:
+    """Around an orbax restore. When one fails, tensorstore's reads still in flight finish on
+    its threads and call back into orbax's event loop, closed by then: Python prints each such
+    RuntimeError('Event loop is closed') through sys.unraisablehook, a screen of tracebacks
+    around kvjax's one-line error (some before the exception even reaches the caller). A hook
+    dropping those, and only those, is installed before the restore and kept if it fails."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+    sys.unraisablehook = hook
+    yield  # not reached after an exception: the hook stays for the late callbacks
+    sys.unraisablehook = previous
+
+
 def _load(path: str) -> dict[str, np.ndarray]:
     """The flat arrays of one chunk folder, either kind."""
     npz = os.path.join(path, _NPZ)
@@ -160,8 +257,10 @@ def _load(path: str) -> dict[str, np.ndarray]:
         me = jax.process_index()
         options = ocp.options.MultiprocessingOptions(
             primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"kvjax-read-{me}")
-        return ocp.StandardCheckpointer(multiprocessing_options=options).restore(path)
-    return ocp.StandardCheckpointer().restore(path)
+        with _closed_loop_noise_dropped():
+            return ocp.StandardCheckpointer(multiprocessing_options=options).restore(path)
+    with _closed_loop_noise_dropped():
+        return ocp.StandardCheckpointer().restore(path)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
