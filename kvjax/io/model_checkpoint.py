@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kvjax.errors import CorruptFileError, KvjaxError
+from kvjax.io.quiet_restore import closed_loop_noise_dropped
 from kvjax.io import atomic
 
 FORMAT = "kvjax-model"
@@ -121,7 +122,7 @@ def load(path: str | os.PathLike) -> tuple[str, dict, dict]:
 
     man = read_manifest(path)
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with closed_loop_noise_dropped(), ocp.StandardCheckpointer() as ckptr:
             state = ckptr.restore(os.path.join(os.path.abspath(os.fspath(path)), STATE))
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
         raise CorruptFileError(f"{path}: the orbax state cannot be read "

@@ -23,19 +23,18 @@ as is a damaged one, with an error naming its folder, before run.json is written
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import sys
 import uuid
-from typing import Any, Collection, Iterator
+from typing import Any, Collection
 
 import numpy as np
 
 from kvjax.errors import CorruptFileError, KvjaxError
 from kvjax.io.atomic import write_text
+from kvjax.io.quiet_restore import closed_loop_noise_dropped
 
 _STATE = "state"
 _NPZ = "arrays.npz"
@@ -226,24 +225,6 @@ def _save_npz(path: str, tree: dict[str, np.ndarray]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _closed_loop_noise_dropped() -> Iterator[None]:
-    """Around an orbax restore. When one fails, tensorstore's reads still in flight finish on
-    its threads and call back into orbax's event loop, closed by then: Python prints each such
-    RuntimeError('Event loop is closed') through sys.unraisablehook, a screen of tracebacks
-    around kvjax's one-line error (some before the exception even reaches the caller). A hook
-    dropping those, and only those, is installed before the restore and kept if it fails."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        e = unraisable.exc_value
-        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
-            previous(unraisable)
-    sys.unraisablehook = hook
-    yield  # not reached after an exception: the hook stays for the late callbacks
-    sys.unraisablehook = previous
-
-
 def _load(path: str) -> dict[str, np.ndarray]:
     """The flat arrays of one chunk folder, either kind."""
     npz = os.path.join(path, _NPZ)
@@ -257,9 +238,9 @@ def _load(path: str) -> dict[str, np.ndarray]:
         me = jax.process_index()
         options = ocp.options.MultiprocessingOptions(
             primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"kvjax-read-{me}")
-        with _closed_loop_noise_dropped():
+        with closed_loop_noise_dropped():
             return ocp.StandardCheckpointer(multiprocessing_options=options).restore(path)
-    with _closed_loop_noise_dropped():
+    with closed_loop_noise_dropped():
         return ocp.StandardCheckpointer().restore(path)
 
 
