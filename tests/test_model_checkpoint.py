@@ -152,6 +152,15 @@ def test_manifest_config_the_model_cannot_take_is_named(tmp_path, arch, config, 
         kvjax.load_model(arch, checkpoint=str(tmp_path / "ck"))
 
 
+def test_manifest_config_admits_what_the_converter_can_write():
+    """A VideoGPT encoder without residual blocks (n_res_layers 0, what the converter writes
+    for such a file) builds: only class counts and widths must be >= 1."""
+    from kvjax.models import converted, videogpt
+    cfg = {"n_hiddens": 8, "n_res_layers": 0, "downsample": [2, 2, 2], "embedding_dim": 4}
+    assert converted.check_config(cfg, videogpt.make_net, "here") == cfg
+    assert videogpt.make_net(**cfg).n_res_layers == 0
+
+
 def test_non_numeric_checkpoint_arrays_are_named_as_mismatches():
     from flax import nnx
 

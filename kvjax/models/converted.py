@@ -54,8 +54,8 @@ def check_config(config: Any, make_net: Callable[..., nnx.Module], where: str) -
     A CorruptFileError names a config that is not a mapping, a field that is not one of
     `make_net`'s parameters (with the valid ones), a parameter without default it lacks, and a
     value whose type is not that of the parameter's default (where that is a bool, a whole
-    number, a number, a string or a list of whole numbers; a whole number >= 1 where the
-    default is one: a count of channels, classes, layers).
+    number, a number, a string or a list of whole numbers; a whole number >= 1 for the
+    widths and class counts in `_POSITIVE`).
     """
     if config is None:
         return {}
@@ -68,7 +68,7 @@ def check_config(config: Any, make_net: Callable[..., nnx.Module], where: str) -
         if name not in params:
             raise CorruptFileError(str(unknown_name("config field", str(name), list(params),
                                                     where=f"in {where}")))
-        form = _form(params[name].default)
+        form = _form(name, params[name].default)
         if form is not None and not form[0](value):
             raise CorruptFileError(f"{where} has config field {name!r} = {value!r}; it must "
                                    f"be {form[1]}")
@@ -83,11 +83,17 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _form(default: Any) -> tuple[Callable[[Any], bool], str] | None:
-    """(test, description) of the values a parameter with this default takes; None: any."""
+# Parameters of the make_nets that must be at least 1 (classes, widths); other whole numbers
+# may be 0 (VideoGPT's n_res_layers: a converted encoder without residual blocks builds).
+_POSITIVE = ("num_classes", "n_hiddens", "embedding_dim")
+
+
+def _form(name: str, default: Any) -> tuple[Callable[[Any], bool], str] | None:
+    """(test, description) of the values parameter `name` with this default takes; None:
+    any."""
     if isinstance(default, bool):
         return (lambda v: isinstance(v, bool)), "true or false"
-    if isinstance(default, numbers.Integral) and default >= 1:  # a count: channels, classes
+    if isinstance(default, numbers.Integral) and name in _POSITIVE:
         return (lambda v: _is_int(v) and v >= 1), "a whole number >= 1"
     if isinstance(default, numbers.Integral):
         return _is_int, "a whole number"
