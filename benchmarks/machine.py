@@ -32,10 +32,16 @@ def describe(**extra) -> dict:
     if "jax" in sys.modules:
         jax = sys.modules["jax"]
         out.update(jax=jax.__version__, backend=jax.default_backend(),
-                   devices=[str(d) for d in jax.devices()])
+                   devices=[str(d) for d in jax.devices()],
+                   device_kinds=[d.device_kind for d in jax.devices()])
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         out.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+        if torch.cuda.is_available():
+            out.update(torch_cuda=torch.version.cuda,
+                       torch_gpu=torch.cuda.get_device_name(0),
+                       torch_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                       torch_matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     out.update(extra)
     return out
 

@@ -47,20 +47,36 @@ SCALES = tuple(round(1 + (i - 5) / 50, 2) for i in range(11))  # 0.90, 0.92, ...
 ROBUST_DRAWS, ROBUST_SEED = 32, 2026
 
 
-def torch_i3d(model) -> torch.nn.Module:
+def torch_i3d(model, device: str = "cpu") -> torch.nn.Module:
     """pytorch-i3d's InceptionI3d holding the built-in I3D's weights, eval mode, weights
-    requiring gradients (as in the reference, which never turns them off). The logits' fixed
-    2x7x7 average pool is made adaptive over space so that inputs below 224x224 run (its cost
-    is nil)."""
+    requiring gradients (as in the reference, which never turns them off), on `device`
+    ("cpu", "cuda"). The logits' fixed 2x7x7 average pool is made adaptive over space so that
+    inputs below 224x224 run (its cost is nil)."""
     net = torch_refs.InceptionI3d(num_classes=400)
     net.load_state_dict(torch_refs.builtin_i3d_state_dict(model))
     net.avg_pool = torch.nn.AdaptiveAvgPool3d((None, 1, 1))
-    return net.eval()
+    return net.eval().to(device)
+
+
+def default_device() -> str:
+    """"cuda" where PyTorch sees a GPU, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device_of(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for `device`'s queued work (CUDA runs asynchronously: a step's time is only
+    known once its kernels have finished)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def render(p: torch.Tensor) -> torch.Tensor:
     """Parameter (1, 3, T, H, W) -> RGB video in (0, 1): colour decorrelation, sigmoid."""
-    m = torch.from_numpy(COLOR_CORRELATION_NORMALIZED)
+    m = torch.from_numpy(COLOR_CORRELATION_NORMALIZED).to(p.device)
     return torch.sigmoid(torch.einsum("rc,nc...->nr...", m, p))
 
 
@@ -71,7 +87,7 @@ def reference_transform(video: torch.Tensor, gen: torch.Generator) -> torch.Tens
     d = [int(torch.randint(0, j + 1, (1,), generator=gen)) for j in (3, 7, 7)]
     s = SCALES[int(torch.randint(0, len(SCALES), (1,), generator=gen))]
     # align_corners=True: u = 2 q / (n - 1) - 1; output p samples input q = (p - d) / s.
-    theta = torch.zeros(1, 3, 4)
+    theta = torch.zeros(1, 3, 4, device=video.device)
     for row, (n, dd) in enumerate(zip((w, h, t), (d[2], d[1], d[0]))):
         theta[0, row, row] = 1 / s
         theta[0, row, 3] = 1 / s - 2 * dd / (s * (n - 1)) - 1
@@ -106,9 +122,12 @@ def robust_objective(net, video, layer, kernel, input_size, draws=ROBUST_DRAWS,
 def optimise(net, layer, kernel, input_size, steps, seed=0, every=0, size=(16, 128, 128),
              on_step=None) -> dict:
     """The reference loop for one kernel; returns the objective (no transform) every `every`
-    steps with the wall time spent in optimisation steps so far."""
+    steps with the wall time spent in optimisation steps so far. Runs on the device of
+    `net`'s weights; the random draws come from one CPU generator, so a seed draws the same
+    start and transforms on every device."""
+    device = _device_of(net)
     gen = torch.Generator().manual_seed(seed)
-    p = (0.01 * torch.randn(1, 3, *size, generator=gen)).requires_grad_(True)
+    p = (0.01 * torch.randn(1, 3, *size, generator=gen)).to(device).requires_grad_(True)
     opt = torch.optim.Adam([p], lr=0.05)
     rec = {"steps": [], "seconds": [], "activation": []}
     elapsed = 0.0
@@ -128,6 +147,7 @@ def optimise(net, layer, kernel, input_size, steps, seed=0, every=0, size=(16, 1
         loss = -objective(net, reference_transform(render(p), gen), layer, kernel, input_size)
         loss.backward()
         opt.step()
+        _sync(device)
         elapsed += time.perf_counter() - t0
         if on_step:
             on_step(n, elapsed)
@@ -146,9 +166,10 @@ def check_same_function(model, net, input_size=(8, 64, 64)):
     errs = {}
     for layer in ("Conv3d_1a_7x7", "Mixed_3b", "Mixed_4b"):
         with torch.no_grad():
-            ref = net(to_model(torch.from_numpy(v), input_size), until=layer)[layer]
+            ref = net(to_model(torch.from_numpy(v).to(_device_of(net)), input_size),
+                      until=layer)[layer]
         ours = model.features(layer, input_size=input_size)(jnp.asarray(v[0].transpose(1, 2, 3, 0)))
-        ref = ref[0].permute(1, 2, 3, 0).numpy()
+        ref = ref[0].permute(1, 2, 3, 0).cpu().numpy()
         errs[layer] = float(np.abs(np.asarray(ours) - ref).max() / np.abs(ref).max())
     return errs
 
@@ -165,13 +186,15 @@ def main(argv=None):
     p.add_argument("--input-size", default=None, help="T,H,W (default 32,224,224 for steps, "
                                                       "16,112,112 for quality)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if PyTorch "
+                                                  "sees a GPU, else cpu)")
     p.add_argument("--save-videos", default=None, help="`quality`: write the final videos "
                    "(f32[K, T, H, W, 3], kernels, layer, input_size) to this .npz")
     p.add_argument("--videos", default=None, help="`robust`: an .npz as --save-videos writes")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = kvjax.load_model("i3d")
-    net = torch_i3d(model)
+    net = torch_i3d(model, args.device or default_device())
     out = {"machine": describe(), "args": vars(args), "parity": check_same_function(model, net)}
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = os.path.join(RESULTS, f"reference_{args.mode}_{stamp}.json")
@@ -196,6 +219,7 @@ def main(argv=None):
         rows = out["rows"] = []
         for video, k in zip(videos, kernels):
             v = torch.from_numpy(np.ascontiguousarray(video.transpose(3, 0, 1, 2)))[None]
+            v = v.to(_device_of(net))
             with torch.no_grad():
                 plain = float(objective(net, v, layer, int(k), size, whole=False))
             rows.append({"layer": layer, "kernel": int(k), "model_input": size,
@@ -210,7 +234,7 @@ def main(argv=None):
             rec = optimise(net, args.layer, k, size, args.quality_steps, seed=k, every=args.every)
             video = rec.pop("video")
             rec["robust_activation"] = robust_objective(net, video, args.layer, k, size)
-            kept.append(video[0].permute(1, 2, 3, 0).numpy())  # f32[T, H, W, 3]
+            kept.append(video[0].permute(1, 2, 3, 0).cpu().numpy())  # f32[T, H, W, 3]
             if args.save_videos:
                 save_videos(args.save_videos, np.stack(kept), np.arange(len(kept)), args.layer,
                             size)

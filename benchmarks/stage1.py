@@ -47,20 +47,34 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # ----------------------------------------------------------------------------- machine
 
 def machine() -> dict:
-    return describe(matmul_gflops_f32=matmul_gflops())
+    out = describe(matmul_gflops_f32=matmul_gflops(), matmul_n=matmul_size())
+    if jax.default_backend() != "cpu":
+        # The floor uses the default-precision rate, the precision the convolutions run at
+        # (on NVIDIA GPUs XLA may use TF32 for float32 at default precision); the full-float32
+        # rate beside it says whether it did.
+        out["matmul_gflops_f32_highest"] = matmul_gflops(precision="highest")
+    return out
+
+
+def matmul_size() -> int:
+    """The matmul size that measures the default device's rate: 2048 on CPU (~0.1 s here),
+    8192 elsewhere (2048 would time a GPU's launch overhead)."""
+    return 2048 if jax.default_backend() == "cpu" else 8192
 
 
 @functools.cache
-def _matmul_program(n: int):
+def _matmul_program(n: int, precision: str | None):
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    mm = jax.jit(lambda x: x @ x)
+    mm = jax.jit(lambda x: jnp.matmul(x, x, precision=precision))
     mm(a).block_until_ready()
     return a, mm
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-`repeats` float32 n x n matmul rate of the default device, GFLOP/s."""
-    a, mm = _matmul_program(n)
+def matmul_gflops(n: int | None = None, repeats: int = 5, precision: str | None = None) -> float:
+    """Best-of-`repeats` float32 n x n matmul rate of the default device, GFLOP/s, at the
+    default precision or `precision` ("highest": full float32). n: matmul_size()."""
+    n = n or matmul_size()
+    a, mm = _matmul_program(n, precision)
     best = min(_timed(lambda: mm(a).block_until_ready()) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
 
@@ -326,9 +340,11 @@ def _param_configs(spec: str, size, steps: int = 0) -> list[tuple[str, stage1.St
 
 
 def reference_step_times(model, layers, size, input_size, steps) -> dict:
-    """Seconds per step (one kernel) of the reference algorithm in PyTorch, per layer."""
+    """Seconds per step (one kernel) of the reference algorithm in PyTorch, per layer, on
+    the GPU where JAX runs on one and PyTorch sees one, else on the CPU."""
     import reference_torch
-    net = reference_torch.torch_i3d(model)
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    net = reference_torch.torch_i3d(model, device)
     out = {}
     for layer in layers:
         stamps = []
