@@ -128,9 +128,12 @@ def xla_forward_gflops(features, size, one_channel_k: int | None = None) -> floa
         ks = jax.ShapeDtypeStruct((one_channel_k,), jnp.int32)
         video = jax.ShapeDtypeStruct((one_channel_k, *video.shape), jnp.float32)
         lowered = jax.jit(jax.vmap(lambda v, k: features(v, channel=k))).lower(video, ks)
-    cost = lowered.cost_analysis()
+    cost = lowered.cost_analysis()  # None on GPU: the compiled program's count there
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan"))) / 1e9 / (one_channel_k or 1)
+    if not cost:
+        cost = lowered.compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", float("nan"))) / 1e9 / (one_channel_k or 1)
 
 
 # ----------------------------------------------------------------------------- step time
