@@ -1,4 +1,4 @@
-"""`jit`: jax.jit with the XLA CPU compiler options kvjax's programs need to be fast on CPU.
+"""`jit`: jax.jit with the XLA options kvjax's programs need (fast on CPU, deterministic on GPU).
 
 Why: recent jaxlib CPU builds hand convolutions, dots and reductions to YNNPACK ("YNN
 fusions", on by default: library fusion types INDIVIDUAL_CONVOLUTION, INDIVIDUAL_DOT,
@@ -15,10 +15,18 @@ AMD EPYC dev box, jax 0.10.2 (benchmarks/results/ops-cpu.md has the full tables)
     3x3 conv 192->192 on 16x56x56, forward then sum                    0.30 s -> 0.18 s
     2048x2048 float32 matmul                                           0.09 s -> 0.08 s
 
-So kvjax compiles its programs with every YNN fusion off. On GPU/TPU nothing changes.
+So kvjax compiles its programs with every YNN fusion off.
+
+On GPU, kvjax compiles its programs with XLA's deterministic ops (`xla_gpu_deterministic_ops`):
+the same key gives the same result, as on CPU. Without them XLA's GPU scatter-add, the
+gradient of stage 2's warp (a gather), adds in whatever order its threads run: on an NVIDIA
+H200 (jax 0.11.2), kvjax.decompose of the same videos with the same key twice differed in 6 of
+1536 texture values by one float32 ulp; with them, every field was equal (tests/test_stage2.py),
+and `kvjax visualize` ran as fast (benchmarks/results/gpu-h200.md). TPU: nothing changes.
 
 The options are per compiled program (jax.jit's `compiler_options`), not process-wide
-XLA_FLAGS, so importing kvjax changes nothing for the user's own programs. Users who jit a
+XLA_FLAGS, so importing kvjax changes nothing for the user's own programs (on GPU, a user who
+wants their own programs deterministic too sets XLA_FLAGS=--xla_gpu_deterministic_ops=true). Users who jit a
 `model.features(...)` function themselves get the same speed with `kvjax.jit` (same signature
 as jax.jit) or `jax.jit(..., compiler_options=kvjax.compiler.options())`.
 """
@@ -48,11 +56,31 @@ def _cpu_options() -> tuple[tuple[str, str], ...]:
     return tuple(opts.items())
 
 
-def options(platform: str | None = None) -> dict[str, str] | None:
+GPU_OPTIONS = {"xla_gpu_deterministic_ops": True}
+
+
+@functools.cache
+def _gpu_options() -> tuple[tuple[str, Any], ...]:
+    """GPU_OPTIONS if this jaxlib's GPU compiler takes them (probed once, as _cpu_options),
+    else none: a build without the option runs as XLA's default does."""
+    try:
+        one = jax.device_put(1.0, jax.local_devices(backend="gpu")[0])
+        jax.jit(lambda x: x + 1, compiler_options=GPU_OPTIONS).lower(one).compile()
+    except Exception:  # noqa: BLE001 - unknown option: this jaxlib cannot be asked for it
+        return ()
+    return tuple(GPU_OPTIONS.items())
+
+
+def options(platform: str | None = None) -> dict[str, Any] | None:
     """Compiler options for programs on `platform` (default: jax.default_backend()): the CPU
-    options above on "cpu", None elsewhere."""
+    options above on "cpu", the deterministic ops on "gpu", None elsewhere (and where the
+    compiler does not take them)."""
     platform = platform or jax.default_backend()
-    return dict(_cpu_options()) or None if platform == "cpu" else None
+    if platform == "cpu":
+        return dict(_cpu_options()) or None
+    if platform == "gpu":
+        return dict(_gpu_options()) or None
+    return None
 
 
 def _inside_a_trace(args) -> bool:

@@ -19,3 +19,10 @@ def i3d():
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+def pytest_runtest_setup(item):
+    """Tests marked cpu_backend check a CPU compilation (its fusions, XLA's FLOP count, which
+    on GPU leaves out cuDNN's convolutions): skipped where JAX's default backend is another."""
+    if item.get_closest_marker("cpu_backend") and jax.default_backend() != "cpu":
+        pytest.skip(f"checks a CPU compilation; JAX's default backend is {jax.default_backend()}")

@@ -57,6 +57,7 @@ def _conv_mean(x, w):
                                              dimension_numbers=("NHWC", "HWIO", "NHWC")))
 
 
+@pytest.mark.cpu_backend
 @pytest.mark.parametrize("fn, fusion_type", [
     (jax.value_and_grad(_conv_relu_sum, argnums=(0, 1)), "INDIVIDUAL_CONVOLUTION"),
     # a REDUCE fusion swallows the convolution that feeds it (e.g. an objective read
@@ -128,8 +129,15 @@ def test_jit_nested_in_a_trace_runs_inline():
     np.testing.assert_allclose(carry, 2 * np.sin(fixed) * 2, rtol=1e-6)
 
 
-def test_options_only_on_cpu():
-    assert compiler.options("gpu") is None and compiler.options("tpu") is None
+def test_options_per_platform():
+    """CPU: the YNN switch, where jaxlib has it; GPU: deterministic ops, where this process
+    has a GPU (the option is probed there); TPU: none."""
+    assert compiler.options("tpu") is None
+    try:
+        has_gpu = bool(jax.local_devices(backend="gpu"))
+    except RuntimeError:  # no GPU backend in this process
+        has_gpu = False
+    assert compiler.options("gpu") == (compiler.GPU_OPTIONS if has_gpu else None)
     cpu = compiler.options("cpu")
     assert cpu is None or set(cpu) == {compiler.YNN_FUSION_OPTION}
 

@@ -146,6 +146,7 @@ def test_one_channel_readout_equals_the_layers_channel(i3d, layer):
     _close(grad_one, grad_full, f"{layer} gradient")
 
 
+@pytest.mark.cpu_backend  # XLA's GPU cost analysis leaves out cuDNN's convolutions
 def test_one_channel_readout_skips_the_other_channels(i3d):
     # The stem alone at one channel: XLA's FLOP count falls ~64x (8x8x8 padded kernel).
     f = i3d.features("Conv3d_1a_7x7", input_size=(8, 64, 64))

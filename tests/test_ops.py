@@ -415,6 +415,7 @@ def test_conv3d_channel_hessian_and_bad_shapes():
         ops.conv3d(x, w, (1, 1))
 
 
+@pytest.mark.cpu_backend  # XLA's GPU cost analysis leaves out cuDNN's convolutions
 def test_conv3d_channel_vmapped_computes_k_channels_not_all():
     # The point of conv3d_channel: K videos x K selected kernels, not K x Cout (nor a
     # grouped convolution). XLA's FLOP count of the compiled forward + input gradient.

@@ -283,15 +283,16 @@ def test_automatic_chunks_stop_at_four_kernels_per_cpu_device(tiny):
     """On CPU an automatic chunk holds at most CPU_MAX_PER_DEVICE kernels even when the memory
     would take the whole request (larger vmapped programs are slower per kernel there)."""
     features, _, cfg = tiny
-    assert devices.max_per_device(jax.local_devices()) == devices.CPU_MAX_PER_DEVICE == 4
+    cpu = jax.local_devices(backend="cpu")  # what a CPU-only machine runs on by default
+    assert devices.max_per_device(cpu) == devices.CPU_MAX_PER_DEVICE == 4
     gpu = types.SimpleNamespace(platform="gpu")
     assert devices.max_per_device([gpu, gpu]) == devices.MAX_PER_DEVICE
-    free = int(4 * stage1.program_memory(features, cfg, 16) / devices.SAFETY)  # room for 64
-    assert stage1.auto_chunk_size(features, 16, cfg, free_bytes=free) == 4
-    assert stage1.auto_chunk_size(features, 3, cfg, free_bytes=free) == 3
+    free = int(4 * stage1.program_memory(features, cfg, 16, devices=cpu) / devices.SAFETY)
+    assert stage1.auto_chunk_size(features, 16, cfg, devices=cpu, free_bytes=free) == 4  # 64 fit
+    assert stage1.auto_chunk_size(features, 3, cfg, devices=cpu, free_bytes=free) == 3
     seen = set()
     r = stage1.optimize(features, [0, 1, 2, 3] * 2 + [0], cfg, jax.random.key(0),
-                        progress=lambda d, t, c, n: seen.add(n))
+                        progress=lambda d, t, c, n: seen.add(n), devices=cpu)
     assert seen == {3} and r.videos.shape[0] == 9  # 3 chunks of 4, the last padded
 
 
