@@ -8,19 +8,21 @@
 #   env.txt        nvidia-smi, versions of python, jax, flax, optax, orbax, torch
 #   visualize.log  README's main job (`kvjax visualize`, built-in I3D, fast preset), timed,
 #                  its results.json and contact sheet
-#   tests.log      the default test suite on the GPU (JAX_PLATFORMS=cuda,cpu), -v, at full
+#   tests.log      the default test suite on the GPU (JAX_PLATFORMS=cuda,cpu), at full
 #                  float32 matmul precision (JAX_DEFAULT_MATMUL_PRECISION=highest: the
 #                  tolerances are float32's, and XLA may use TF32 on the GPU otherwise);
 #                  stopped with SIGINT after TEST_SECONDS (pytest still prints its summary)
 #   bench.log      benchmarks/stage1.py steps (paper preset; PyTorch reference on the GPU),
-#                  stopped after BENCH_SECONDS, and the results JSON when it finished
+#                  stopped after BENCH_SECONDS, and its results JSON (the rows measured)
+# On an H200 (benchmarks/results/gpu-h200.md) the main job took ~25 s, the tests ~180 s with
+# 14 workers, the benchmark ~35 s per layer and K plus ~20 s for the reference.
 # Each part runs whatever the others did. KV_TEST_ARGS / KV_BENCH_ARGS replace the default
 # pytest / benchmark arguments and KV_PLATFORMS the tests' JAX_PLATFORMS (for a short dry run
 # on a CPU machine, say).
 set -u
 OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR [TEST_SECONDS] [BENCH_SECONDS]}
-TEST_S=${2:-200}
-BENCH_S=${3:-240}
+TEST_S=${2:-240}
+BENCH_S=${3:-420}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 PY=${PYTHON:-python3}
@@ -55,7 +57,7 @@ tail -25 "$OUT/visualize.log"
 echo "== tests" && date -u
 # shellcheck disable=SC2086
 JAX_PLATFORMS=${KV_PLATFORMS:-cuda,cpu} JAX_DEFAULT_MATMUL_PRECISION=highest timeout -s INT -k 20 "$TEST_S" \
-  "$PY" -m pytest -p no:cacheprovider -v -n "${KV_WORKERS:-12}" --timeout 170 -rfE \
+  "$PY" -m pytest -p no:cacheprovider -q --tb=short -rfEs -n "${KV_WORKERS:-14}" --timeout 170 \
   ${KV_TEST_ARGS:-} > "$OUT/tests.log" 2>&1
 echo "rc $?" >> "$OUT/tests.log"
 grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -40

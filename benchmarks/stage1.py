@@ -172,12 +172,14 @@ def time_optimize(features, k: int, config: stage1.Stage1Config, gauge=None,
     return reports[0][1] - t0, reports[0][0], per_step
 
 
-def step_times(model, layers, ks, size, input_size, steps, rate, auto_chunks=False) -> list[dict]:
+def step_times(model, layers, ks, size, input_size, steps, rate, auto_chunks=False,
+               rows: list | None = None) -> list[dict]:
     """Rows of seconds per step and kernel against the floor, per layer and K. Each K runs as
     one program of K kernels, or with `auto_chunks` as stage1.optimize chunks it by default
     (on CPU, at most 4 kernels per program: kvjax.devices.max_per_device); then a step is a
-    program's, for its chunk's kernels, and its floor is that chunk's."""
-    rows = []
+    program's, for its chunk's kernels, and its floor is that chunk's. rows: a list to append
+    the rows to as they are measured (kept if the run is stopped)."""
+    rows = [] if rows is None else rows
     for layer in layers:
         # the paper preset's gradient, as the reference's (kvjax.Config("paper").relu_grad)
         f = model.features(layer, input_size=input_size, relu_grad="exact")
@@ -410,9 +412,13 @@ def main(argv=None):
         if not args.no_reference:
             out["reference_step_s"] = reference_step_times(model, layers, args.size, input_size,
                                                            args.steps)
-        out["step_times"] = step_times(model, layers, args.kernels, args.size,
-                                       input_size, args.steps, info["matmul_gflops_f32"],
-                                       args.auto_chunks)
+        out["step_times"] = []
+        try:
+            step_times(model, layers, args.kernels, args.size, input_size, args.steps,
+                       info["matmul_gflops_f32"], args.auto_chunks, rows=out["step_times"])
+        except KeyboardInterrupt:  # stopped (e.g. `timeout -s INT`): save the rows measured
+            out["interrupted"] = True
+            print("interrupted: saving the rows measured so far", flush=True)
         for row in out["step_times"]:
             ref = out.get("reference_step_s", {}).get(row["layer"])
             if ref and "step_s" in row:

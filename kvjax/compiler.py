@@ -21,14 +21,16 @@ On GPU, kvjax compiles its programs with XLA's deterministic ops (`xla_gpu_deter
 the same key gives the same result, as on CPU. Without them XLA's GPU scatter-add, the
 gradient of stage 2's warp (a gather), adds in whatever order its threads run: on an NVIDIA
 H200 (jax 0.11.2), kvjax.decompose of the same videos with the same key twice differed in 6 of
-1536 texture values by one float32 ulp; with them, every field was equal (tests/test_stage2.py),
-and `kvjax visualize` ran as fast (benchmarks/results/gpu-h200.md). TPU: nothing changes.
+1536 texture values by one float32 ulp; with them, every field was equal (tests/test_stage2.py)
+and two `kvjax visualize` runs wrote byte-identical files. The price there: the default run
+was done in 21-22 s against 17 s without (benchmarks/results/gpu-h200.md). TPU: nothing
+changes.
 
 The options are per compiled program (jax.jit's `compiler_options`), not process-wide
 XLA_FLAGS, so importing kvjax changes nothing for the user's own programs (on GPU, a user who
-wants their own programs deterministic too sets XLA_FLAGS=--xla_gpu_deterministic_ops=true). Users who jit a
-`model.features(...)` function themselves get the same speed with `kvjax.jit` (same signature
-as jax.jit) or `jax.jit(..., compiler_options=kvjax.compiler.options())`.
+wants those deterministic too sets XLA_FLAGS=--xla_gpu_deterministic_ops=true). Users who jit
+a `model.features(...)` function themselves get the same options with `kvjax.jit` (same
+signature as jax.jit) or `jax.jit(..., compiler_options=kvjax.compiler.options())`.
 """
 from __future__ import annotations
 
