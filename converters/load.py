@@ -10,10 +10,14 @@ Formats, chosen by content (and by extension where content is ambiguous):
 
 Containers are unwrapped: Lightning's {"state_dict": ...} with every key under "model.",
 PySlowFast's {"model_state": ...}, {"model": ...}, DataParallel's "module." prefixes, and
-Caffe2's {"blobs": ...} (optimizer blobs such as "*_momentum" dropped).
+Caffe2's {"blobs": ...} (optimizer blobs such as "*_momentum" dropped). Float weights of any
+width (float16, bfloat16, float64, float8) come out as float32.
 
-A file that would import or call anything beyond tensors is refused with UnsafeFileError;
-a truncated or malformed one gives CorruptFileError naming the file.
+What training scripts save beside the weights is read without running anything: argparse
+Namespaces, Lightning's classes, numpy scalars and arrays, pathlib paths and slices become
+inert stand-ins (`_stand_ins`). A file that would import or call anything else is refused
+with UnsafeFileError; a truncated or malformed one gives CorruptFileError naming the file (a
+TorchScript archive or a saved web page is named as such).
 """
 from __future__ import annotations
 
@@ -64,6 +68,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         obj = _load_safetensors(path)
     elif lower.endswith(CAFFE2_EXTS) and not zipfile.is_zipfile(path):
         obj = _load_plain_pickle(path, encoding="latin1")
+        if _is_legacy_torch(obj):  # a torch.save file (pre-1.6 format) named .pkl
+            obj = _load_torch(path)
     else:
         obj = _load_torch(path)
     return _to_numpy(unwrap(obj, path), path), _metadata(obj)
@@ -80,10 +86,14 @@ def _load_torch(path: str) -> Any:
     torch = _torch()
 
     with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04" or zipfile.is_zipfile(path)  # truncated zips lack a directory
+        head = f.read(512)
+    is_zip = head[:4] == b"PK\x03\x04" or zipfile.is_zipfile(path)  # truncated zips lack a directory
+    if head.lstrip()[:1] == b"<" and b"html" in head.lower():
+        raise CorruptFileError(f"{path} is an HTML page, not a checkpoint (a download that "
+                               "returned a web page, such as a sign-in or virus-scan warning?)")
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(
-                _DATA_ONLY_GLOBALS + (_lightning_stand_ins(path) if is_zip else [])):
+                _DATA_ONLY_GLOBALS + (_stand_ins(path) if is_zip else [])):
             warnings.simplefilter("ignore")
             return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
@@ -99,17 +109,33 @@ def _load_torch(path: str) -> Any:
         err = e
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError,
             zipfile.BadZipFile, AttributeError, TypeError) as e:
+        if "TorchScript" in str(e):
+            raise KvjaxError(f"{path} is a TorchScript archive, not a state dict: where you "
+                             "trust the file, save its weights with torch.save(torch.jit.load("
+                             "SRC).state_dict(), 'weights.pth') and convert that") from None
         if is_zip:
             raise CorruptFileError(f"{path} is a truncated or corrupt torch zip file: "
                                    f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         err = e
     # Not a torch file we could read: a plain pickle of numpy arrays, or garbage.
+    reason = f"{type(err).__name__}: {_torch_reason(str(err))[:200]}"
     try:
-        return _load_plain_pickle(path, encoding="latin1")
+        obj = _load_plain_pickle(path, encoding="latin1")
     except CorruptFileError:
         raise CorruptFileError(f"{path} is neither a torch checkpoint nor a pickle of arrays "
-                               f"(truncated or corrupt?): {type(err).__name__}: "
-                               f"{str(err).splitlines()[0][:200] if str(err) else ''}") from None
+                               f"(truncated or corrupt?): {reason}") from None
+    if _is_legacy_torch(obj):  # torch's own format, which torch could not read
+        raise CorruptFileError(f"{path} is a torch file (the pre-1.6 format) that cannot be "
+                               f"read (truncated or corrupt?): {reason}")
+    return obj
+
+
+# The first of the pickles in a torch file of the pre-1.6 (non-zip) format.
+_TORCH_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+
+
+def _is_legacy_torch(obj: Any) -> bool:
+    return type(obj) is int and obj == _TORCH_LEGACY_MAGIC
 
 
 def _torch():
@@ -129,24 +155,45 @@ def _torch():
 # not import, but that carry no code of the file's. Each is admitted as an inert stand-in
 # (an AttributeDict as a plain dict).
 _LIGHTNING = ("pytorch_lightning.", "lightning.pytorch.", "lightning_fabric.")
+# Plain values that training scripts save beside the weights and torch's weights-only loader
+# refuses: numpy scalars and arrays (a best accuracy as np.float64, np.random.get_state()),
+# pathlib paths (argparse arguments), slices. Admitted as inert stand-ins that only record
+# what the file gives them: the weights never come from these, and nothing is imported or
+# called. Any other global (os.system, a user's class...) is still refused.
+_INERT = ("numpy.", "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath",
+          "pathlib.PurePath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
+          "pathlib._local.", "builtins.slice")
 
 
-def _lightning_stand_ins(path: str) -> list:
-    """(stand-in class, name) for every global under Lightning's packages that the torch zip
-    file at `path` refers to; [] if it refers to none (or cannot be listed: torch decides)."""
+def _stand_ins(path: str) -> list:
+    """(stand-in, name) for every Lightning or plain-data global (_LIGHTNING, _INERT) that
+    the torch zip file at `path` refers to; [] if none (or they cannot be listed: torch
+    decides)."""
     torch = _torch()
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - unreadable: torch.load reports it properly
         return []
-    return [(dict if name.endswith(".AttributeDict") else  # torch fills only a real dict
-             type(name.rsplit(".", 1)[-1], (_StandIn,), {"__module__": name.rsplit(".", 1)[0]}),
-             name) for name in names if name.startswith(_LIGHTNING)]
+    out = []
+    for name in names:
+        if name.startswith(_LIGHTNING) and name.endswith(".AttributeDict"):
+            out.append((dict, name))  # torch fills only a real dict
+        elif name.startswith(_LIGHTNING + _INERT):
+            module, _, cls = name.rpartition(".")
+            out.append((type(cls, (_StandIn,), {"__module__": module}), name))
+    return out
 
 
 class _StandIn:
-    """An inert stand-in for a Lightning class (a callback's class used as a dict key; an
-    instance would only get its pickled attributes)."""
+    """An inert stand-in for a class or function a checkpoint names beside its weights (a
+    Lightning callback's class used as a dict key, a numpy scalar, a path): calling it, or
+    building it from pickled state, only records the arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
 
 
 def _numpy_global(msg: str) -> bool:
@@ -195,13 +242,24 @@ def unwrap(obj: Any, path: str = "<checkpoint>") -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         raise KvjaxError(f"{path} holds a {type(obj).__name__}, not a dict of tensors; "
                          "save `model.state_dict()` rather than the model object")
-    while not any(_is_array(v) for v in obj.values()):
-        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+    seen = set()
+    while id(obj) not in seen:
+        seen.add(id(obj))
+        # A container key holding tensors is where the weights are, even beside a stray
+        # tensor (a best accuracy saved as a tensor); a state dict has no dict values.
+        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)
+                      and any(_is_array(v) for v in obj[k].values())), None)
+        if inner is None and any(_is_array(v) for v in obj.values()):
+            break
+        inner = inner if inner is not None else next(
+            (obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             raise KvjaxError(f"{path} holds no tensors at the top level nor under any of "
                              f"{', '.join(_CONTAINER_KEYS)}; its keys: "
                              f"{', '.join(map(str, list(obj)[:12]))}")
         obj = inner
+    else:
+        raise CorruptFileError(f"{path} holds a dict that contains itself and no tensors")
     tensors = {str(k): v for k, v in obj.items() if _is_array(v)}
     if any(k.endswith("_momentum") for k in tensors):  # Caffe2 optimizer state
         tensors = {k: v for k, v in tensors.items()
@@ -220,16 +278,27 @@ def _to_numpy(tensors: Mapping[str, Any], path: str) -> dict[str, np.ndarray]:
     out = {}
     for k, v in tensors.items():
         if not isinstance(v, np.ndarray):
-            v = v.detach()
-            if v.is_floating_point():
-                v = v.float()
-            v = v.numpy()
-        if v.dtype.kind == "f" and v.dtype != np.float32:
+            try:
+                v = v.detach()
+                if v.is_floating_point():
+                    v = v.float()
+                v = v.to_dense().numpy() if v.layout != _torch().strided else v.numpy()
+            except (RuntimeError, TypeError, NotImplementedError) as e:
+                raise KvjaxError(f"{path}: tensor {k!r} ({v.dtype}, {v.layout}, on "
+                                 f"{v.device}) has no plain numeric value: "
+                                 f"{str(e).splitlines()[0][:160]}") from None
+        if v.dtype != np.float32 and (v.dtype.kind == "f" or _ml_float(v.dtype)):
             v = v.astype(np.float32)
         out[k] = v
     if not out:
         raise KvjaxError(f"{path} contains no tensors")
     return out
+
+
+def _ml_float(dtype: np.dtype) -> bool:
+    """bfloat16 and the float8/6/4 types (ml_dtypes, kind "V"), as safetensors.numpy gives."""
+    return dtype.kind == "V" and dtype.name.startswith(("bfloat16", "float8", "float6",
+                                                         "float4"))
 
 
 def _metadata(obj: Any) -> dict:

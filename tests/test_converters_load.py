@@ -135,3 +135,76 @@ def test_without_torch_a_torch_file_says_how_to_install_it(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "torch", None)  # as after `pip install .` (no extra)
     with pytest.raises(KvjaxError, match=r'pip install "kvjax\[torch\]"'):
         load_tensors(tmp_path / "w.pth")
+
+
+def test_plain_values_beside_the_weights_are_admitted_inert(tmp_path):
+    """Training checkpoints keep numpy scalars and RNG state, paths and slices beside the
+    weights, and a best accuracy as a tensor next to the state dict: the weights load, the
+    rest stays inert (torch's weights-only loader refused them all; nothing is imported)."""
+    import pathlib
+    f = tmp_path / "train.pth"
+    torch.save({"epoch": 30, "state_dict": {"module." + k: v for k, v in SD.items()},
+                "best_acc1": torch.tensor(55.0), "best": np.float64(0.71),
+                "rng": np.random.get_state(), "out": pathlib.Path("/runs/a"),
+                "crop": slice(0, 112)}, f)
+    _check(load_tensors(f))
+
+
+def test_code_beside_plain_values_is_still_refused(tmp_path):
+    marker = tmp_path / "ran"
+    f = tmp_path / "evil.pth"
+    torch.save({"state_dict": SD, "best": np.float64(0.7), "x": _RunsCode(marker)}, f)
+    with pytest.raises(UnsafeFileError, match="would import code"):
+        load_tensors(f)
+    assert not marker.exists()
+
+
+def test_bfloat16_safetensors_are_read_as_float32(tmp_path):
+    from safetensors.torch import save_file
+    sd = {k: (v.bfloat16() if v.is_floating_point() else v) for k, v in SD.items()}
+    save_file(sd, tmp_path / "w.safetensors")
+    got = load_tensors(tmp_path / "w.safetensors")
+    assert got["conv.weight"].dtype == np.float32
+    np.testing.assert_array_equal(got["conv.weight"], sd["conv.weight"].float().numpy())
+
+
+def test_a_torch_file_of_the_old_format_named_pkl_is_read(tmp_path):
+    torch.save(SD, tmp_path / "w.pkl", _use_new_zipfile_serialization=False)
+    _check(load_tensors(tmp_path / "w.pkl"))
+
+
+def test_a_truncated_old_format_torch_file_is_corrupt_with_torchs_reason(tmp_path):
+    torch.save(SD, tmp_path / "w.pth", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "w.pth").read_bytes()
+    (tmp_path / "w.pth").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CorruptFileError, match=r"w\.pth is a torch file \(the pre-1\.6 format\)"):
+        load_tensors(tmp_path / "w.pth")
+
+
+def test_torchscript_and_html_files_say_what_they_are(tmp_path):
+    scripted = torch.jit.script(torch.nn.Conv3d(3, 2, 1))
+    scripted.save(str(tmp_path / "s.pt"))
+    with pytest.raises(KvjaxError, match=r"s\.pt is a TorchScript archive.*state_dict\(\)"):
+        load_tensors(tmp_path / "s.pt")
+    (tmp_path / "c3d.pickle").write_text("<!DOCTYPE html><html><head><title>Google Drive - "
+                                         "Virus scan warning</title></head></html>")
+    with pytest.raises(CorruptFileError, match=r"c3d\.pickle is an HTML page"):
+        load_tensors(tmp_path / "c3d.pickle")
+
+
+def test_tensors_without_a_plain_value_are_one_error(tmp_path):
+    q = torch.quantize_per_tensor(torch.ones(2, 2), 0.1, 0, torch.qint8)
+    torch.save({"w": q, "b": torch.ones(2)}, tmp_path / "q.pth")
+    with pytest.raises(KvjaxError, match=r"q\.pth: tensor 'w' \(torch\.qint8"):
+        load_tensors(tmp_path / "q.pth")
+    sparse = {"w": torch.eye(3).to_sparse(), "b": torch.ones(2)}
+    torch.save(sparse, tmp_path / "s.pth")
+    np.testing.assert_array_equal(load_tensors(tmp_path / "s.pth")["w"], np.eye(3))
+
+
+def test_a_dict_that_contains_itself_is_corrupt_not_a_hang(tmp_path):
+    d = {"epoch": 1}
+    d["model"] = d
+    torch.save(d, tmp_path / "loop.pth")
+    with pytest.raises(CorruptFileError, match="contains itself"):
+        load_tensors(tmp_path / "loop.pth")

@@ -176,6 +176,26 @@ def test_non_numeric_checkpoint_arrays_are_named_as_mismatches():
     np.testing.assert_array_equal(net.bias.get_value(), [0.0, 1.0, 2.0])
 
 
+def test_many_mismatched_tensors_make_one_readable_line():
+    """A checkpoint whose every tensor is off (say, bfloat16 kept as raw bytes) names the first
+    12 and counts the rest, instead of a line as long as the model."""
+    from flax import nnx
+
+    from kvjax.errors import WeightsMismatchError
+    from kvjax.models import weights
+
+    class Many(nnx.Module):
+        def __init__(self):
+            self.layers = nnx.List([nnx.Linear(2, 2, rngs=nnx.Rngs(0)) for _ in range(10)])
+    net = nnx.eval_shape(Many)
+    mapping = {f"l{i}.{p}": (("layers", i, p), weights.identity)
+               for i in range(10) for p in ("kernel", "bias")}
+    with pytest.raises(WeightsMismatchError) as e:
+        weights.assign(net, {k: np.zeros(5, np.float32) for k in mapping}, mapping)
+    msg = str(e.value)
+    assert msg.count("expected") == 12 and msg.endswith("... and 8 more tensors like these")
+
+
 def test_a_truncated_checkpoint_is_one_error_and_nothing_after_it(tmp_path, monkeypatch, caplog):
     """Before kvjax.io.quiet_restore, 3 of 25 failed loads of this file printed a
     RuntimeError('Event loop is closed') traceback after the error, 1 of 25 an asyncio

@@ -77,7 +77,7 @@ def assign(net: nnx.Module, arrays: Mapping[str, np.ndarray],
         problems.append(f"missing {len(missing)}: {_short(missing)}")
     if unexpected:
         problems.append(f"unexpected {len(unexpected)}: {_short(unexpected)}")
-    converted = {}
+    converted, per_tensor = {}, []
     for key, (path, fn) in mapping.items():
         if key not in arrays:
             continue
@@ -85,14 +85,17 @@ def assign(net: nnx.Module, arrays: Mapping[str, np.ndarray],
             raise KeyError(f"mapping names {path} which the model does not have")
         what = non_numeric(arrays[key])
         if what is not None:
-            problems.append(f"{key}: {what}, not a numeric array")
+            per_tensor.append(f"{key}: {what}, not a numeric array")
             continue
         a = np.asarray(fn(np.asarray(arrays[key])), dtype=np.float32)
         want = tuple(flat[path].get_value().shape)
         if a.shape != want:
-            problems.append(f"{key}: shape {tuple(np.shape(arrays[key]))} -> {a.shape}, "
-                            f"expected {want}")
+            per_tensor.append(f"{key}: shape {tuple(np.shape(arrays[key]))} -> {a.shape}, "
+                              f"expected {want}")
         converted[path] = a
+    problems += per_tensor[:12]  # one line stays readable: the first 12, then a count
+    if len(per_tensor) > 12:
+        problems.append(f"... and {len(per_tensor) - 12} more tensors like these")
     if problems:
         what = f" for architecture {arch!r}" if arch else ""
         raise WeightsMismatchError(f"{source} does not match the model{what}: "
