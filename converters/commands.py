@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import shlex
 from typing import Any, Mapping
 
 import numpy as np
@@ -76,7 +77,7 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
         f"  arch {arch}, config {config or 'default'}, {manifest['tensors']} arrays, "
         f"{manifest['weights']:,} weights",
         *(f"  {line}" for line in parity.describe(manifest["parity"])),
-        f"  use it: kvjax layers --model {arch} --checkpoint {dst}   or   "
+        f"  use it: kvjax layers --model {arch} --checkpoint {shlex.quote(dst)}   or   "
         f"kvjax.load_model({arch!r}, checkpoint={dst!r})"])
 
 
@@ -96,7 +97,8 @@ def inspect(src: str) -> str:
     guess = guess_arch(tensors, meta)
     head = [f"{src}: PyTorch-style checkpoint",
             "  guessed architecture: " + (f"{guess[0]} ({guess[1]}); convert with "
-                                           f"`kvjax convert {src} DST --arch {guess[0]}`"
+                                           f"`kvjax convert {shlex.quote(src)} DST --arch "
+                                           f"{guess[0]}`"
                                            if guess else f"none of {', '.join(tables.archs())}")]
     return _report(head, tensors, convs, "weights (Cout, Cin, kt, kh, kw)")
 

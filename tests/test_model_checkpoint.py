@@ -207,3 +207,28 @@ def test_a_truncated_checkpoint_is_one_error_and_nothing_after_it(tmp_path, monk
     _truncate_data(path)
     assert late_noise(monkeypatch, caplog, lambda: model_checkpoint.load(path),
                       match="the orbax state cannot be read") == []
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda m: [m], r"a JSON list, not an object"),
+    (lambda m: {**m, "format_version": "1"}, r"format_version '1' is not a whole number"),
+    (lambda m: {**m, "format_version": None}, r"format_version None is not a whole number"),
+    (lambda m: {**m, "arch": 3}, r"not a kvjax model manifest .*arch 3"),
+])
+def test_a_damaged_manifest_is_one_error(tmp_path, edit, msg):
+    from kvjax.errors import CorruptFileError
+    model_checkpoint.save(tmp_path / "ck", "c3d", STATE)
+    path = tmp_path / "ck" / model_checkpoint.MANIFEST
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(CorruptFileError, match=msg):
+        model_checkpoint.read_manifest(tmp_path / "ck")
+
+
+def test_commands_it_suggests_can_be_pasted(tmp_path):
+    """A path with a space comes quoted in the commands kvjax prints."""
+    import shlex
+    folder = tmp_path / "my runs"
+    folder.mkdir()
+    with pytest.raises(KvjaxError) as e:
+        model_checkpoint.read_manifest(folder)
+    assert f"kvjax convert {shlex.quote(str(folder))} DST" in str(e.value)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from typing import Any, Callable, Mapping
@@ -101,16 +102,24 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not os.path.isdir(path) or not is_checkpoint(path):
         raise KvjaxError(f"{path} is not a kvjax converted checkpoint (a directory with "
                          f"{MANIFEST}); convert a PyTorch file first: "
-                         f"`kvjax convert {path} DST --arch ARCH`")
+                         f"`kvjax convert {shlex.quote(path)} DST --arch ARCH`")
     try:
         with open(os.path.join(path, MANIFEST)) as f:
             man = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise CorruptFileError(f"{path}/{MANIFEST} is unreadable: {e}") from None
-    if man.get("format") != FORMAT or "arch" not in man:
+    if not isinstance(man, dict):
+        raise CorruptFileError(f"{path}/{MANIFEST} is not a kvjax model manifest (a JSON "
+                               f"{type(man).__name__}, not an object)")
+    if man.get("format") != FORMAT or not isinstance(man.get("arch"), str):
         raise CorruptFileError(f"{path}/{MANIFEST} is not a kvjax model manifest "
-                               f"(format {man.get('format')!r}, expected {FORMAT!r})")
-    if man.get("format_version", 0) > FORMAT_VERSION:
+                               f"(format {man.get('format')!r}, expected {FORMAT!r}; arch "
+                               f"{man.get('arch')!r})")
+    version = man.get("format_version", 0)
+    if type(version) is not int:
+        raise CorruptFileError(f"{path}/{MANIFEST}: format_version {version!r} is not a "
+                               "whole number")
+    if version > FORMAT_VERSION:
         raise KvjaxError(f"{path} was written by a newer kvjax (format version "
                          f"{man['format_version']} > {FORMAT_VERSION}); upgrade kvjax")
     return man
