@@ -108,6 +108,31 @@ def test_weights_changed_at_the_checkpoint_path_are_refused(kvjax, finished, tmp
         shutil.copy(pretrained_path(), weights)
 
 
+def test_a_converted_checkpoint_is_identified_by_its_weights_not_its_files(tmp_path):
+    """Converting the same file again writes new time stamps (manifest, orbax metadata): the
+    identity stays, so a run can be resumed; other values, config or arch change it."""
+    import time
+
+    from kvjax.io import model_checkpoint
+    from kvjax.io.run_state import weights_identity
+    state = {"conv": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 1, 1, 2, 3)}}
+    ids = []
+    for arch, config, scale in [("c3d", {"num_classes": 3}, 1), ("c3d", {"num_classes": 3}, 1),
+                                ("c3d", {"num_classes": 3}, 2), ("c3d", {"num_classes": 4}, 1),
+                                ("r3d_18", {"num_classes": 3}, 1)]:
+        model_checkpoint.save(tmp_path / "ck", arch, {"conv": {"kernel": state["conv"]["kernel"]
+                                                               * scale}}, {"config": config})
+        ids.append(weights_identity(tmp_path / "ck")["sha256"])
+        time.sleep(1.1)  # a new "created" second
+    assert ids[0] == ids[1] and len(set(ids)) == 4
+    # any other folder: its files' bytes
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "w.bin").write_bytes(b"1")
+    before = weights_identity(tmp_path / "plain")["sha256"]
+    (tmp_path / "plain" / "w.bin").write_bytes(b"2")
+    assert weights_identity(tmp_path / "plain")["sha256"] != before
+
+
 # -- the settings ---------------------------------------------------------------------------
 def test_resume_checks_the_saved_settings_not_the_given_ones(kvjax, finished, tmp_path):
     """Kernel 150 is out of range of the default layer and the size cannot run coarse to

@@ -165,14 +165,24 @@ def fingerprint(settings: dict) -> np.ndarray:
 
 def weights_identity(path: str | os.PathLike | None) -> dict | None:
     """What a run records of its --checkpoint: None for the model's built-in weights (no
-    checkpoint), else {"path": absolute path, "sha256": hex digest of the file's bytes, or
-    of a folder's files (each one's path relative to the folder, size and bytes, in sorted
-    order)}. Files are streamed in 1 MiB blocks."""
+    checkpoint), else {"path": absolute path, "sha256": hex digest of what the weights are}:
+    for a kvjax converted checkpoint, of its arch, config and arrays (names, dtypes, shapes,
+    values), so converting the same file again, which writes new time stamps, keeps the
+    identity; for any other folder, of its files (each one's path relative to the folder,
+    size and bytes, in sorted order); for a file, of its bytes (streamed in 1 MiB blocks)."""
     if path is None:
         return None
     path = os.path.abspath(os.fspath(path))
     h = hashlib.sha256()
-    if os.path.isdir(path):
+    from kvjax.io import model_checkpoint
+    if os.path.isdir(path) and model_checkpoint.is_checkpoint(path):
+        arch, state, man = model_checkpoint.load(path)
+        h.update(json.dumps({"arch": arch, "config": man.get("config")}, sort_keys=True,
+                            default=str).encode())
+        for name, a in sorted(_flat_arrays(state)):
+            h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    elif os.path.isdir(path):
         for rel in _files_below(path):
             full = os.path.join(path, rel)
             h.update(f"{rel}\0{os.path.getsize(full)}\0".encode())
@@ -180,6 +190,15 @@ def weights_identity(path: str | os.PathLike | None) -> dict | None:
     else:
         _hash_file(h, path)
     return {"path": path, "sha256": h.hexdigest()}
+
+
+def _flat_arrays(tree, prefix: str = ""):
+    """(path "a/b/c", array) for every array in nested dicts."""
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flat_arrays(v, f"{prefix}{k}/")
+        else:
+            yield f"{prefix}{k}", np.asarray(v)
 
 
 def _files_below(folder: str) -> list[str]:
