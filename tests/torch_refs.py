@@ -688,7 +688,7 @@ def _crop_like(x, target):
     return x if x.shape[2:] == target.shape[2:] else x[:, :, :target.size(2), :target.size(3)]
 
 
-FLOWNETS_MEAN = (0.411, 0.432, 0.45)
+FLOWNETS_MEAN = (0.45, 0.432, 0.411)  # FlowNetPytorch main.py's, RGB (the training's)
 
 
 class FlowNetS(nn.Module):

@@ -222,9 +222,10 @@ class VideoModel:
         deepest = (f"the deepest it reaches is {reached[-1].name}" if reached else
                    "it reaches no layer")
         raise KvjaxError(f"layer {layer!r} is out of reach of a model input of "
-                         f"{'x'.join(map(str, size))} (T x H x W): {deepest}; use a larger "
-                         f"input (--size, or --preset paper: the model's own "
-                         f"{'x'.join(map(str, self.input_size))})")
+                         f"{'x'.join(map(str, size))} (T x H x W): {deepest}; use another "
+                         f"input size (--size; the model's own, "
+                         f"{'x'.join(map(str, self.input_size))}, reaches every layer; "
+                         f"--preset paper uses it)")
 
     def features(self, layer: str, input_size: tuple[int, int, int] | None = None,
                  relu_grad: str = "redirect") -> Callable[[jax.Array], jax.Array]:
@@ -233,7 +234,9 @@ class VideoModel:
         computed alone where the model can (I3D: the last convolution of the layer computes
         one output channel; kvjax.stage1 uses this for objectives that read one channel).
         k as in indexing (negative from the end; kvjax.ops.channel_index). That call is
-        reverse-mode differentiable once (kvjax.ops.conv3d_channel), not forward-mode.
+        reverse-mode differentiable once (kvjax.ops.conv3d_channel), not forward-mode; nor is
+        the default relu_grad="redirect" (a custom reverse-mode rule): jax.jvp, jacfwd and
+        hessian need relu_grad="exact" and no `channel`.
 
         The video is resized (trilinear) to `input_size` (default: the model's) and mapped to
         the model's value range. Values are exact. Gradients: `relu_grad="redirect"` (the

@@ -11,8 +11,9 @@ centre-cropped to 112 x 112) to its port of the Sports-1M weights; kvjax maps [0
 
 Every conv has a bias, padding 1 on all sides, and a ReLU; each exposes `NAME/conv` (raw,
 PRE) and `NAME` (after ReLU, POST). Pools are exposed by name. fc6 reads pool5 flattened in
-PyTorch's (C, T, H, W) order, which needs pool5 of shape 1 x 4 x 4 (the 16 x 112 x 112 input);
-for other input sizes the network ends at pool5 and fc layers are not offered.
+PyTorch's (C, T, H, W) order, which needs pool5 of shape 1 x 4 x 4: 16 to 31 frames and H, W
+from 96 to 127 (the default 16 x 112 x 112 among them); for other input sizes the network
+ends at pool5 and fc layers are not offered.
 `fc6`, `fc7` are read after ReLU (`fc6/linear`, `fc7/linear` before it); `fc8` is the logits.
 """
 from __future__ import annotations

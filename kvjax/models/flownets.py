@@ -11,11 +11,14 @@ pairs play the role of time, so every activation is f32[N, T-1, h, w, C].
              deconv_l (ConvTranspose 4x4/2, pad 1, no bias, LeakyReLU) of the previous level,
              upsampled flow (ConvTranspose 4x4/2, pad 1, 2 -> 2), both cropped to conv_l's size,
              concat [conv_l, deconv_l, flow_up] -> predict_flow_l (3x3 conv -> 2, no bias)
-    (level 2 concatenates conv2.) The network's output is flow2 at 1/4 resolution, in units
-    of 1/div_flow pixels (div_flow = 20 for the released weights), before upsampling.
+    (level 2 concatenates conv2.) The network's output is flow2 at 1/4 resolution before
+    upsampling: flow2 x div_flow is the displacement in pixels of the input frame (div_flow =
+    20 for the released weights: one unit is 20 px).
 
-Input: pixels in [0, 1], RGB; the network subtracts the mean (0.411, 0.432, 0.45) per channel
-as FlowNetPytorch's `run_inference.py` does (x / 255 - mean). Default input 2 x 384 x 512
+Input: pixels in [0, 1], RGB; the network subtracts the mean (0.45, 0.432, 0.411) per channel,
+as FlowNetPytorch's `main.py`, which trained the released weights on RGB frames, does
+(x / 255 - mean; its TensorBoard images add the same back). Its `run_inference.py` subtracts
+(0.411, 0.432, 0.45), the channels swapped: 0.039 off in red and blue. Default input 2 x 384 x 512
 (FlyingChairs frames); H and W must be multiples of 64 for the decoder to align without crops.
 
 Exposed layers: `conv1/conv` (PRE), `conv1` (LeakyReLU, POST), ..., `conv6_1`; `flow6` ...
@@ -38,7 +41,7 @@ from kvjax.models.layers import BatchNorm
 ARCH = "flownets"
 INPUT_SIZE = (2, 384, 512)
 VALUE_RANGE = (0.0, 1.0)
-MEAN = (0.411, 0.432, 0.45)
+MEAN = (0.45, 0.432, 0.411)  # R, G, B: main.py's (the training) normalisation
 BN_EPS = 1e-5
 # (name, Cin, Cout, kernel, stride)
 ENCODER = (("conv1", 6, 64, 7, 2), ("conv2", 64, 128, 5, 2), ("conv3", 128, 256, 5, 2),
