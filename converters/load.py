@@ -91,6 +91,8 @@ def _load_torch(path: str) -> Any:
     if head.lstrip()[:1] == b"<" and b"html" in head.lower():
         raise CorruptFileError(f"{path} is an HTML page, not a checkpoint (a download that "
                                "returned a web page, such as a sign-in or virus-scan warning?)")
+    if is_zip:
+        _check_zip_crcs(path)
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(
                 _DATA_ONLY_GLOBALS + (_stand_ins(path) if is_zip else [])):
@@ -136,6 +138,23 @@ _TORCH_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 
 def _is_legacy_torch(obj: Any) -> bool:
     return type(obj) is int and obj == _TORCH_LEGACY_MAGIC
+
+
+def _check_zip_crcs(path: str) -> None:
+    """CorruptFileError naming the first member of the zip file at `path` whose bytes do not
+    match their recorded CRC-32: torch.load does not check them, so a damaged download would
+    load as other weights. A zip without its directory (truncated) is left to torch.load."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return
+    except Exception as e:  # noqa: BLE001 - zlib/struct errors of a damaged member
+        raise CorruptFileError(f"{path} is a damaged zip file: {type(e).__name__}: "
+                               f"{str(e)[:160]}") from None
+    if bad is not None:
+        raise CorruptFileError(f"{path} is damaged: the bytes of {bad} do not match their "
+                               "checksum (an incomplete or altered download?)")
 
 
 def _torch():
@@ -242,7 +261,7 @@ def unwrap(obj: Any, path: str = "<checkpoint>") -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         raise KvjaxError(f"{path} holds a {type(obj).__name__}, not a dict of tensors; "
                          "save `model.state_dict()` rather than the model object")
-    seen = set()
+    seen, caffe2 = set(), False
     while id(obj) not in seen:
         seen.add(id(obj))
         # A container key holding tensors is where the weights are, even beside a stray
@@ -257,11 +276,12 @@ def unwrap(obj: Any, path: str = "<checkpoint>") -> dict[str, Any]:
             raise KvjaxError(f"{path} holds no tensors at the top level nor under any of "
                              f"{', '.join(_CONTAINER_KEYS)}; its keys: "
                              f"{', '.join(map(str, list(obj)[:12]))}")
+        caffe2 = caffe2 or inner is obj.get("blobs")
         obj = inner
     else:
         raise CorruptFileError(f"{path} holds a dict that contains itself and no tensors")
     tensors = {str(k): v for k, v in obj.items() if _is_array(v)}
-    if any(k.endswith("_momentum") for k in tensors):  # Caffe2 optimizer state
+    if caffe2 or any(k.endswith("_momentum") for k in tensors):  # Caffe2 bookkeeping
         tensors = {k: v for k, v in tensors.items()
                    if not (k.endswith("_momentum") or k in _CAFFE2_SKIP)}
     changed = True

@@ -208,3 +208,24 @@ def test_a_dict_that_contains_itself_is_corrupt_not_a_hang(tmp_path):
     torch.save(d, tmp_path / "loop.pth")
     with pytest.raises(CorruptFileError, match="contains itself"):
         load_tensors(tmp_path / "loop.pth")
+
+
+def test_a_damaged_zip_member_is_corrupt_not_other_weights(tmp_path):
+    """torch.load does not check the zip's CRCs: a flipped byte loaded as other weights."""
+    torch.save(SD, tmp_path / "w.pth")
+    data = bytearray((tmp_path / "w.pth").read_bytes())
+    with zipfile.ZipFile(tmp_path / "w.pth") as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("data/0"))
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 5] ^= 0xFF  # a byte of conv.weight's storage
+    (tmp_path / "w.pth").write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=r"w\.pth is damaged: the bytes of .*data/0 do "
+                                               r"not match their checksum"):
+        load_tensors(tmp_path / "w.pth")
+
+
+def test_caffe2_bookkeeping_blobs_are_dropped_without_momentum(tmp_path):
+    blobs = {"conv1_w": np.ones((2, 3, 1, 1, 1), np.float32), "lr": np.array([0.1], np.float32),
+             "model_iter": np.array([5], np.int64)}
+    (tmp_path / "c2.pkl").write_bytes(pickle.dumps({"blobs": blobs}, protocol=2))
+    assert set(load_tensors(tmp_path / "c2.pkl")) == {"conv1_w"}
