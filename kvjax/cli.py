@@ -133,6 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         code = _dispatch(args)
         sys.stdout.flush()  # a reader gone (`kvjax layers | head -1`) shows here, not at exit
         return code
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, not a traceback. Outputs are written atomically, so what a
+        # command finished is whole on disk and nothing is half written.
+        kept = {"visualize": "the kernels it finished are kept: run the same command again "
+                             "to continue",
+                "convert": "its destination is written whole or not at all"}.get(
+                    args.command, "")
+        print(f"kvjax {args.command}: interrupted{'; ' + kept if kept else ''}",
+              file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # Whoever read stdout stopped reading: nothing more to say, and no traceback. What a
         # command had finished is on disk already (outputs are written atomically). Python

@@ -179,6 +179,31 @@ def test_killed_run_resumes_keeping_finished_kernels(kvjax, tmp_path):
     assert r.returncode == 0 and "(4 already done)" in r.stdout and "0 chunk(s)" in r.stdout
 
 
+def test_ctrl_c_is_one_line_and_keeps_finished_kernels(kvjax, tmp_path):
+    """SIGINT (Ctrl-C) after the first chunk: exit 130 and one line saying what is kept, no
+    traceback; the same command then goes on from the kernels finished."""
+    out = tmp_path / "run"
+    args = ["visualize", "--kernels", "0-3", "--chunk", "1", "--out", str(out), *TINY]
+    proc = kvjax(*args, popen=True)
+    state = out / "state"
+    deadline = time.time() + 500
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_dir() and [n for n in os.listdir(state) if "tmp" not in n]:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] == (
+        "kvjax visualize: interrupted; the kernels it finished are kept: run the same "
+        "command again to continue"), output
+    done = len([n for n in os.listdir(state) if "tmp" not in n])
+    r = kvjax(*args)
+    assert r.returncode == 0 and f"({done} already done)" in r.stdout, r.stdout + r.stderr
+
+
 def test_resume_goes_on_with_the_saved_runs_settings(kvjax, tmp_path):
     """--resume with other flags (size, seed, preset) continues the saved run as it was:
     a kernel recomputed then equals the one computed first, and the user is told."""
