@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from kvjax.errors import KvjaxError
@@ -127,22 +128,35 @@ def cmd_layers(args) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it ends as Ctrl-C does: temporary
+    folders removed, one line said."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (main() called from a thread): left as it is
+        previous = None
     try:
         code = _dispatch(args)
         sys.stdout.flush()  # a reader gone (`kvjax layers | head -1`) shows here, not at exit
         return code
-    except KeyboardInterrupt:
-        # Ctrl-C: one line, not a traceback. Outputs are written atomically, so what a
-        # command finished is whole on disk and nothing is half written.
+    except KeyboardInterrupt as e:
+        # Ctrl-C or SIGTERM: one line, not a traceback. Outputs are written atomically, so
+        # what a command finished is whole on disk and nothing is half written.
         kept = {"visualize": "the kernels it finished are kept: run the same command again "
                              "to continue",
                 "convert": "its destination is written whole or not at all"}.get(
                     args.command, "")
-        print(f"kvjax {args.command}: interrupted{'; ' + kept if kept else ''}",
-              file=sys.stderr)
-        return 130
+        how = "terminated" if isinstance(e, _Terminated) else "interrupted"
+        print(f"kvjax {args.command}: {how}{'; ' + kept if kept else ''}", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
     except BrokenPipeError:
         # Whoever read stdout stopped reading: nothing more to say, and no traceback. What a
         # command had finished is on disk already (outputs are written atomically). Python
@@ -150,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(args) -> int:

@@ -179,9 +179,11 @@ def test_killed_run_resumes_keeping_finished_kernels(kvjax, tmp_path):
     assert r.returncode == 0 and "(4 already done)" in r.stdout and "0 chunk(s)" in r.stdout
 
 
-def test_ctrl_c_is_one_line_and_keeps_finished_kernels(kvjax, tmp_path):
-    """SIGINT (Ctrl-C) after the first chunk: exit 130 and one line saying what is kept, no
-    traceback; the same command then goes on from the kernels finished."""
+@pytest.mark.parametrize("sig, code, how", [(signal.SIGINT, 130, "interrupted"),
+                                            (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_is_one_line_and_keeps_finished_kernels(kvjax, tmp_path, sig, code, how):
+    """SIGINT (Ctrl-C) or SIGTERM after the first chunk: exit 130 / 143 and one line saying
+    what is kept, no traceback; the same command then goes on from the kernels finished."""
     out = tmp_path / "run"
     args = ["visualize", "--kernels", "0-3", "--chunk", "1", "--out", str(out), *TINY]
     proc = kvjax(*args, popen=True)
@@ -192,12 +194,12 @@ def test_ctrl_c_is_one_line_and_keeps_finished_kernels(kvjax, tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 130, output
+    assert proc.returncode == code, output
     assert "Traceback" not in output, output
     assert output.strip().splitlines()[-1] == (
-        "kvjax visualize: interrupted; the kernels it finished are kept: run the same "
+        f"kvjax visualize: {how}; the kernels it finished are kept: run the same "
         "command again to continue"), output
     done = len([n for n in os.listdir(state) if "tmp" not in n])
     r = kvjax(*args)
