@@ -140,3 +140,32 @@ def test_a_kernel_is_finite_only_if_all_its_arrays_are():
     a, b = np.zeros((3, 2, 2)), np.zeros((3, 5))
     a[1, 0, 0], b[2, 4] = np.inf, np.nan
     np.testing.assert_array_equal(_all_finite(a, b), [True, False, False])
+
+
+def test_signals_are_held_while_a_writer_works_then_delivered():
+    """Inside signals_deferred a SIGTERM waits (orbax's writer threads finish, the cleanup
+    sees no half-written folder); at its end it is delivered to the handler in place."""
+    import signal
+    import time
+
+    from kvjax.io import atomic
+
+    class Stop(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stop()
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        went_on = []
+        with pytest.raises(Stop):
+            with atomic.signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                went_on.append(True)  # not stopped here
+        assert went_on == [True]
+        assert signal.getsignal(signal.SIGTERM) is stop  # handler back in place
+        with atomic.signals_deferred():  # nothing caught: nothing delivered
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from typing import Iterator
 
 
@@ -45,3 +47,26 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then deliver them.
+
+    For writers that work in background threads (orbax): stopped halfway, the main thread's
+    cleanup removed a folder those threads then wrote into again, and they printed
+    tracebacks (a converter given SIGTERM while saving left `.DST.tmp-*` behind). After the
+    block the signals arrive as they would have (KeyboardInterrupt, or the handler in place).
+    In threads other than the main one (where handlers cannot be set) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda n, _frame: caught.append(n)) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for n in dict.fromkeys(caught):
+            signal.raise_signal(n)

@@ -76,7 +76,7 @@ def save(path: str | os.PathLike, arch: str, state: Mapping[str, Any],
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
         os.chmod(tmp, 0o777 & ~atomic.umask())  # mkdtemp's 0700 would hide DST from other users
         state = _to_numpy(state)
-        with ocp.StandardCheckpointer() as ckptr:
+        with atomic.signals_deferred(), ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, STATE), state)
         _write_manifest(tmp, man)
         if verify is not None:

@@ -33,7 +33,7 @@ from typing import Any, Collection
 import numpy as np
 
 from kvjax.errors import CorruptFileError, KvjaxError
-from kvjax.io.atomic import write_text
+from kvjax.io.atomic import signals_deferred, write_text
 from kvjax.io.quiet_restore import closed_loop_noise_dropped
 
 _STATE = "state"
@@ -99,9 +99,10 @@ class RunStore:
             _save_npz(path, tree)
             return
         import orbax.checkpoint as ocp
-        ck = ocp.StandardCheckpointer()
-        ck.save(path, tree, force=True)
-        ck.wait_until_finished()
+        with signals_deferred():  # orbax writes in threads: never stopped halfway
+            ck = ocp.StandardCheckpointer()
+            ck.save(path, tree, force=True)
+            ck.wait_until_finished()
 
     def finished(self) -> dict[int, dict[str, np.ndarray]]:
         """{kernel: {name: array without the kernel axis}} for every saved chunk (whichever
