@@ -138,10 +138,9 @@ def _results(out):
     return {k["kernel"]: k for k in json.loads((out / "results.json").read_text())["kernels"]}
 
 
-def test_killed_run_resumes_keeping_finished_kernels(kvjax, tmp_path):
-    """Kill a real run after its first chunk, rerun into the same folder, compare with a
-    run that was never interrupted (same settings: its programs come from the compilation
-    cache; that other chunk sizes change nothing is checked in the library's tests)."""
+def _run_past_its_first_chunk(kvjax, tmp_path):
+    """(out folder, args, process) of a 4-kernel run of 4 chunks started and waited on until
+    its first chunk is saved (the process still running)."""
     out = tmp_path / "run"
     args = ["visualize", "--kernels", "0-3", "--chunk", "1", "--out", str(out), *TINY]
     proc = kvjax(*args, popen=True)
@@ -151,7 +150,16 @@ def test_killed_run_resumes_keeping_finished_kernels(kvjax, tmp_path):
         if state.is_dir() and [n for n in os.listdir(state) if "tmp" not in n]:
             break
         time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stdout.read()
+    assert proc.poll() is None, "the run ended before its first chunk: " + proc.stdout.read()
+    return out, args, proc
+
+
+def test_killed_run_resumes_keeping_finished_kernels(kvjax, tmp_path):
+    """Kill a real run after its first chunk, rerun into the same folder, compare with a
+    run that was never interrupted (same settings: its programs come from the compilation
+    cache; that other chunk sizes change nothing is checked in the library's tests)."""
+    out, args, proc = _run_past_its_first_chunk(kvjax, tmp_path)
+    state = out / "state"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = sorted(n for n in os.listdir(state) if "tmp" not in n)
@@ -184,16 +192,8 @@ def test_killed_run_resumes_keeping_finished_kernels(kvjax, tmp_path):
 def test_ctrl_c_is_one_line_and_keeps_finished_kernels(kvjax, tmp_path, sig, code, how):
     """SIGINT (Ctrl-C) or SIGTERM after the first chunk: exit 130 / 143 and one line saying
     what is kept, no traceback; the same command then goes on from the kernels finished."""
-    out = tmp_path / "run"
-    args = ["visualize", "--kernels", "0-3", "--chunk", "1", "--out", str(out), *TINY]
-    proc = kvjax(*args, popen=True)
+    out, args, proc = _run_past_its_first_chunk(kvjax, tmp_path)
     state = out / "state"
-    deadline = time.time() + 500
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_dir() and [n for n in os.listdir(state) if "tmp" not in n]:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == code, output
