@@ -266,12 +266,11 @@ def unwrap(obj: Any, path: str = "<checkpoint>") -> dict[str, Any]:
         seen.add(id(obj))
         # A container key holding tensors is where the weights are, even beside a stray
         # tensor (a best accuracy saved as a tensor); a state dict has no dict values.
-        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)
-                      and any(_is_array(v) for v in obj[k].values())), None)
-        if inner is None and any(_is_array(v) for v in obj.values()):
+        containers = [obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)]
+        holding = [c for c in containers if any(_is_array(v) for v in c.values())]
+        if not holding and any(_is_array(v) for v in obj.values()):
             break
-        inner = inner if inner is not None else next(
-            (obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        inner = (holding or containers or [None])[0]
         if inner is None:
             raise KvjaxError(f"{path} holds no tensors at the top level nor under any of "
                              f"{', '.join(_CONTAINER_KEYS)}; its keys: "

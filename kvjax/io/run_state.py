@@ -180,9 +180,10 @@ def weights_identity(path: str | os.PathLike | None) -> dict | None:
         arch, state, man = model_checkpoint.load(path)
         h.update(json.dumps({"arch": arch, "config": man.get("config")}, sort_keys=True,
                             default=str).encode())
-        for name, a in sorted(_flat_arrays(state)):
+        for name, a in sorted(_flatten(state).items()):
+            a = np.ascontiguousarray(a)
             h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode())
-            h.update(np.ascontiguousarray(a).tobytes())
+            h.update(a.tobytes())
     elif os.path.isdir(path):
         for rel in _files_below(path):
             full = os.path.join(path, rel)
@@ -191,15 +192,6 @@ def weights_identity(path: str | os.PathLike | None) -> dict | None:
     else:
         _hash_file(h, path)
     return {"path": path, "sha256": h.hexdigest()}
-
-
-def _flat_arrays(tree, prefix: str = ""):
-    """(path "a/b/c", array) for every array in nested dicts."""
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _flat_arrays(v, f"{prefix}{k}/")
-        else:
-            yield f"{prefix}{k}", np.asarray(v)
 
 
 def _files_below(folder: str) -> list[str]:
