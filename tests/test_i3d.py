@@ -226,3 +226,34 @@ def test_a_pytorch_file_given_to_the_i3d_model_says_convert_it(tmp_path):
     with pytest.raises(KvjaxError, match=r"is a PyTorch file.*kvjax convert '.*rgb imagenet\.pt' "
                                          r"DST --arch pytorch-i3d"):
         i3d_mod.load_arrays(str(path))
+
+
+def test_features_leave_the_time_resize_to_the_stem(i3d, monkeypatch):
+    # A video of 8 frames seen at 16 (the paper preset's 16 -> 32, smaller): the features
+    # hand the stem the video resized in H, W only (ops.TimeResized), and on CPU the stem
+    # convolves it without forming the 16 frames. Layers and input gradients equal those of
+    # the formed video (InceptionI3d.takes_time_resized off), the stem's readout too.
+    from kvjax import ops
+    size = (16, 64, 64)
+    video = jnp.asarray(np.random.default_rng(2).uniform(0, 1, (8, 40, 40, 3)), jnp.float32)
+    calls = []
+    composed = ops._conv_time_resized
+    monkeypatch.setattr(ops, "_conv_time_resized", lambda *a: calls.append(1) or composed(*a))
+
+    def run(layer, channel):
+        f = i3d.features(layer, input_size=size)
+        acts = jax.jit(f)(video)
+        grad = jax.jit(jax.grad(lambda v: jnp.mean(f(v, channel=channel) ** 2)))(video)
+        return acts, grad
+    for layer, channel in (("Mixed_3b", 100), ("Conv3d_1a_7x7", 7)):
+        calls.clear()
+        unformed = run(layer, channel)
+        if jax.default_backend() == "cpu":
+            assert calls, "the stem formed the resized video"
+        with monkeypatch.context() as m:
+            m.setattr(i3d_mod.InceptionI3d, "takes_time_resized", False)
+            calls.clear()
+            formed = run(layer, channel)
+            assert not calls
+        _close(unformed[0], formed[0], layer)
+        _close(unformed[1], formed[1], f"{layer} gradient")

@@ -467,3 +467,70 @@ def test_conv3d_channel_nested_vmap_and_a_shared_video():
     g = jax.jit(jax.vmap(jax.grad(loss(lambda x, k: ops.conv3d_channel(x, w, k))),
                          (None, 0)))(x[0], ks[0])
     _close(g, jnp.stack([jax.grad(loss(ref))(x[0], int(k)) for k in ks[0]]))
+
+
+# ---------------------------------------------------------------- input resized along time
+
+# (name, x shape N,T,H,W,Cin, frames, kernel, Cout, strides, padding, convolved unformed on CPU)
+TIME_RESIZED_CASES = [
+    ("i3d_stem_16_to_32", (1, 6, 13, 12, 3), 12, (7, 7, 7), 5, (2, 2, 2), "SAME", True),
+    ("3x3x3_5_to_13", (2, 5, 7, 6, 4), 13, (3, 3, 3), 3, (1, 1, 1), "SAME", True),
+    ("3x3x3_5_to_9", (1, 5, 7, 6, 4), 9, (3, 3, 3), 3, (1, 1, 1), "SAME", False),
+    ("3x7x7_s122_valid", (1, 4, 14, 13, 3), 13, (3, 7, 7), 4, (1, 2, 2), "VALID", True),
+    ("1x1x1_upsampled", (1, 4, 5, 5, 3), 9, (1, 1, 1), 4, (1, 1, 1), "SAME", False),
+    ("3x3x3_downsampled", (1, 9, 6, 6, 3), 4, (3, 3, 3), 4, (1, 1, 1), "SAME", False),
+]
+
+
+@pytest.mark.parametrize("case", TIME_RESIZED_CASES, ids=[c[0] for c in TIME_RESIZED_CASES])
+def test_conv3d_of_a_time_resized_video_is_the_conv_of_the_resized_video(case):
+    # The reference resizes with NumPy's own interpolation (np.interp per pixel, corners
+    # aligned) and convolves with XLA's 3D conv; values and input gradients, where kvjax
+    # composes the kernels with the resize and where it forms the video first.
+    _, x_shape, frames, kernel, cout, strides, padding, fused = case
+    x, w = _inputs(x_shape, kernel, cout)
+    src = np.arange(frames) * (x_shape[1] - 1) / max(frames - 1, 1)
+    m = np.stack([np.interp(src, np.arange(x_shape[1]), np.eye(x_shape[1])[i])
+                  for i in range(x_shape[1])], axis=1).astype(np.float32)  # f32[frames, T]
+    formed = lambda x: jnp.einsum("ut,nthwc->nuhwc", m, x, precision="highest")  # noqa: E731
+    resized = ops.TimeResized(x, frames)
+    assert resized.shape == (x_shape[0], frames, *x_shape[2:])
+    pads = ops.resolve_padding(resized.shape[1:4], kernel, strides, padding)
+    assert ops._fuses_time_resize(resized, w.shape, strides, pads) is fused
+    ct = _normal(jax.eval_shape(lambda x: _ref_conv(formed(x), w, strides, padding), x).shape, 3)
+    ref = jax.value_and_grad(lambda x: jnp.sum(_ref_conv(formed(x), w, strides, padding) * ct))
+    ours = jax.value_and_grad(
+        lambda x: jnp.sum(ops.conv3d(ops.TimeResized(x, frames), w, strides, padding) * ct))
+    (v, g), (v_ref, g_ref) = jax.jit(ours)(x), jax.jit(ref)(x)
+    _close(v, v_ref)
+    _close(g, g_ref)
+    _close(ops.conv3d(resized, w, strides, padding),
+           _ref_conv(formed(x), w, strides, padding))
+    # vmapped over videos (stage 1's K kernels) and as one channel (conv3d_channel forms it)
+    xs = jnp.stack([x, -x, 2 * x])
+    got = jax.jit(jax.vmap(lambda x: ops.conv3d(ops.TimeResized(x, frames), w, strides,
+                                                padding)))(xs)
+    _close(got, jnp.stack([_ref_conv(formed(xi), w, strides, padding) for xi in xs]))
+    one = jax.jit(jax.vmap(lambda x, k: ops.conv3d_channel(ops.TimeResized(x, frames), w, k,
+                                                           strides, padding)))(xs, jnp.arange(3))
+    _close(one, jnp.stack([_ref_conv(formed(xi), w, strides, padding)[..., k:k + 1]
+                           for k, xi in enumerate(xs)]))
+
+
+def test_a_time_resized_stem_reads_fewer_frames():
+    # I3D's stem at the paper preset: 16 video frames seen as 32, 7 taps, stride 2, SAME.
+    # Composed with the resize, output frame o reads frames max(0, o-2)..min(15, o+2): 74
+    # frame-taps in all against 16 x 7 = 112 of the conv of the formed video; every tap of
+    # the composed kernels is the sum of the resize's weights it reads (rows sum to 1).
+    coef = ops._time_coefficients(16, 32, 7, 2, (2, 3))
+    spans = ops._time_spans(coef)
+    assert spans == [(max(0, o - 2), min(16, o + 3)) for o in range(16)]
+    assert sum(b - a for a, b in spans) == 74
+    m = ops.resize_matrix(16, 32)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-6)
+    assert ((m > 0).sum(axis=1) <= 2).all()
+    np.testing.assert_allclose(coef[5].sum(axis=1), 1.0, atol=1e-6)  # an inner frame: no padding
+    if jax.default_backend() == "cpu":  # and only 2D convolutions, 16 of them, one per frame
+        x, w = _inputs((1, 16, 20, 20, 3), (7, 7, 7), 4)
+        jaxpr = jax.make_jaxpr(lambda x: ops.conv3d(ops.TimeResized(x, 32), w, (2, 2, 2)))(x)
+        assert _conv_ranks(jaxpr.jaxpr) == [4] * 16

@@ -105,12 +105,16 @@ class _FeaturesFn:
             raise ValueError(f"features expects one video f32[T,H,W,3]; got {video.shape}")
         if channel is not None:
             channel = ops.channel_index(channel, self.channels)
-        x = resize_video(video, self.input_size)
         lo, hi = self.value_range
-        x = x * (hi - lo) + lo
         net = nnx.merge(self.graphdef, state)
+        if getattr(net, "takes_time_resized", False) and video.shape[0] != self.input_size[0]:
+            # the resize along time left to the network's first convolution (ops.TimeResized)
+            x = resize_video(video, (video.shape[0], *self.input_size[1:]))
+            x = ops.TimeResized((x * (hi - lo) + lo)[None], self.input_size[0])
+        else:
+            x = (resize_video(video, self.input_size) * (hi - lo) + lo)[None]
         with relu_gradient(self.relu_grad):
-            return run_until(net, x[None], self.layer, channel)[0]
+            return run_until(net, x, self.layer, channel)[0]
 
 
 def coarse_size(size: tuple[int, int, int], factor: int) -> tuple[int, int, int]:
@@ -123,7 +127,8 @@ def resize_video(video: jax.Array, size: tuple[int, int, int]) -> jax.Array:
     """Trilinear resize of f32[T,H,W,C] to (T', H', W'), corners aligned (PyTorch's
     `interpolate(..., mode="trilinear", align_corners=True)`, the reference's model input:
     output voxel i samples input coordinate i * (n - 1) / (n' - 1)); no antialiasing.
-    Separable, as three small matmuls; identity when already that size."""
+    Separable, as three small matmuls (kvjax.ops.resize_matrix); identity when already that
+    size."""
     if tuple(video.shape[:3]) == tuple(size):
         return video
     hi = jax.lax.Precision.HIGHEST
@@ -131,8 +136,7 @@ def resize_video(video: jax.Array, size: tuple[int, int, int]) -> jax.Array:
         n_in = video.shape[axis]
         if n_in == n_out:
             continue
-        src = jnp.arange(n_out, dtype=jnp.float32) * ((n_in - 1) / max(n_out - 1, 1))
-        m = jnp.maximum(0.0, 1.0 - jnp.abs(src[:, None] - jnp.arange(n_in, dtype=jnp.float32)[None]))
+        m = jnp.asarray(ops.resize_matrix(n_in, n_out))
         video = jnp.moveaxis(jnp.tensordot(m, video, axes=([1], [axis]), precision=hi), 0, axis)
     return video
 

@@ -160,6 +160,10 @@ class InceptionI3d(nnx.Module):
     zeros, not -inf); the parameter paths are the same.
     """
 
+    # Its first op is Conv3d_1a_7x7's kvjax.ops.conv3d, which takes a video resized along
+    # time unformed (ops.TimeResized): features functions hand it one (kvjax.models.base).
+    takes_time_resized = True
+
     def __init__(self, num_classes: int = 400, *, bn_scale: bool = False,
                  zero_pad_pools: bool = False, rngs: nnx.Rngs):
         for name, kind, args in _PLAN:
