@@ -323,11 +323,12 @@ def _time_spans(coef: np.ndarray) -> list[tuple[int, int]]:
     return spans
 
 
-def _fuses_time_resize(r: TimeResized, w_shape, strides, pads) -> bool:
-    """Whether to convolve `r` unformed: when it upsamples time and the composed kernels read
-    at most 3/4 of the frame-taps the conv of the formed video does (the per-frame 2D
-    convolutions cost more per tap: at I3D's stem, 0.66 of the taps took 0.81 of the time)."""
-    if r.frames <= r.x.shape[1]:
+def _fuses_time_resize(r: TimeResized, w_shape, strides, pads, impl: str = "cpu") -> bool:
+    """Whether to convolve `r` unformed: on CPU (impl "cpu"; elsewhere not measured yet), when
+    it upsamples time and the composed kernels read at most 3/4 of the frame-taps the conv of
+    the formed video does (the per-frame 2D convolutions cost more per tap: at I3D's stem,
+    0.66 of the taps took 0.81 of the time)."""
+    if impl != "cpu" or r.frames <= r.x.shape[1]:
         return False
     coef = _time_coefficients(r.x.shape[1], r.frames, w_shape[0], strides[0], pads[0])
     return 4 * sum(b - a for a, b in _time_spans(coef)) <= 3 * coef.shape[0] * w_shape[0]
@@ -387,7 +388,7 @@ def conv3d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1, 1),
                          f"{x.shape[1:4]} with padding {pads}: the output would be empty")
     impl = impl or ("cpu" if jax.default_backend() == "cpu" else "native")
     if isinstance(x, TimeResized):
-        if impl == "cpu" and _fuses_time_resize(x, w.shape, strides, pads):
+        if _fuses_time_resize(x, w.shape, strides, pads, impl):
             return _conv_time_resized(x, w, strides, pads)
         x = x.materialize()
     if impl == "cpu":

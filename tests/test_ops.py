@@ -90,7 +90,7 @@ def test_conv3d_matches_native(case):
 def test_every_strategy_matches_native(case):
     """Each formulation, whether or not the CPU rule picks it now, on strided/asymmetric cases."""
     kernel = case[2]
-    impls = ["taps2d", "fold2d", "s2d"] + (["im2col"] if np.prod(kernel) <= 27 else [])
+    impls = ["taps2d", "fold2d", "s2d", "s2d3d"] + (["im2col"] if np.prod(kernel) <= 27 else [])
     _check_conv(case, impls + (["dot"] if kernel == (1, 1, 1) else []))
 
 
@@ -385,6 +385,28 @@ def test_conv3d_channel_is_the_slice_of_conv3d(case):
     k = int(ks[0])
     _close(jax.jit(jax.grad(lw(lambda x, w: ops.conv3d_channel(x, w, k, strides, padding))))(w),
            jax.grad(lw(lambda x, w: _ref_conv(x, w, strides, padding)[..., k:k + 1]))(w))
+
+
+def test_conv3d_channel_grouped_form_equals_the_diagonal_form(monkeypatch):
+    # The batched readout as one grouped convolution (ops.CHANNEL_BATCH_FORM = "grouped", for
+    # GPUs: benchmarks/gpu_profile.py) gives the values and input gradients of the default
+    # diagonal form, strided and not, with fewer and more videos than channels.
+    for case in (CONV_CASES[0], CONV_CASES[2]):
+        _, x_shape, kernel, cout, strides, padding = case
+        x, w = _inputs((cout + 1, *x_shape), kernel, cout)
+        ks = jnp.asarray(np.random.default_rng(5).integers(0, cout, cout + 1))
+        for n in (2, cout + 1):
+            def run():
+                f = lambda x, k: ops.conv3d_channel(x, w, k, strides, padding)  # noqa: E731
+                loss = lambda x, k: jnp.sum(jnp.tanh(f(x, k)))  # noqa: E731
+                return (jax.jit(jax.vmap(f))(x[:n], ks[:n]),
+                        jax.jit(jax.vmap(jax.grad(loss)))(x[:n], ks[:n]))
+            diagonal = run()
+            monkeypatch.setattr(ops, "CHANNEL_BATCH_FORM", "grouped")
+            grouped = run()
+            monkeypatch.setattr(ops, "CHANNEL_BATCH_FORM", "diagonal")
+            _close(grouped[0], diagonal[0])
+            _close(grouped[1], diagonal[1])
 
 
 def test_conv3d_channel_other_batchings():
