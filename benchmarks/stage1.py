@@ -388,6 +388,10 @@ def main(argv=None):
                         "at most 4 kernels per program) instead of one program of K")
     p.add_argument("--no-reference", action="store_true",
                    help="`steps`: skip the PyTorch reference's step times")
+    p.add_argument("--formed-time", action="store_true",
+                   help="I3D's stem convolves the video resized along time formed, not the "
+                        "video itself with kernels composed with the resize (ops.TimeResized; "
+                        "for A/B against kvjax before the composition)")
     p.add_argument("--reference", help="`quality`: a reference_torch.py quality JSON")
     p.add_argument("--max-steps", type=int, default=400, help="`quality`: cap per setting")
     args = p.parse_args(argv)
@@ -396,6 +400,9 @@ def main(argv=None):
 
     info = machine()
     print(json.dumps(info), flush=True)
+    if args.formed_time:
+        from kvjax.models.i3d import InceptionI3d
+        InceptionI3d.takes_time_resized = False
     model = kvjax.load_model("i3d")
     input_size = args.input_size or model.input_size
     out = {"machine": info, "args": vars(args)}
