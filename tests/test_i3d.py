@@ -257,3 +257,29 @@ def test_features_leave_the_time_resize_to_the_stem(i3d, monkeypatch):
             assert not calls
         _close(unformed[0], formed[0], layer)
         _close(unformed[1], formed[1], f"{layer} gradient")
+
+
+def test_stage1_through_the_time_composed_stem_equals_the_formed_one(i3d, monkeypatch):
+    # Stage 1 as `kvjax visualize --preset paper` runs it on I3D (model input with twice the
+    # video's frames), two kernels vmapped in one program of scanned steps: the videos and
+    # activations equal those of the stem convolving the formed video, step for step.
+    from kvjax import stage1
+    f = i3d.features("Conv3d_2b_1x1", input_size=(8, 48, 48), relu_grad="exact")
+    cfg = stage1.Stage1Config.preset("paper", size=(4, 32, 32), steps=4, chunk_size=2)
+
+    from kvjax import ops
+    calls = []
+    compose = ops._conv_time_resized
+    monkeypatch.setattr(ops, "_conv_time_resized", lambda *a: calls.append(1) or compose(*a))
+
+    def run():
+        r = stage1.optimize(f, [3, 60], cfg, jax.random.key(1))
+        return np.asarray(r.videos), np.asarray(r.activation)
+    composed = run()
+    assert bool(calls) == (jax.default_backend() == "cpu")
+    monkeypatch.setattr(i3d_mod.InceptionI3d, "takes_time_resized", False)
+    calls.clear()
+    formed = run()
+    assert not calls
+    np.testing.assert_allclose(composed[1], formed[1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(composed[0], formed[0], atol=1e-4)
