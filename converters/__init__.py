@@ -1,7 +1,7 @@
 """PyTorch (and Caffe2) checkpoints -> kvjax's converted Flax checkpoints.
 
-    kvjax convert SRC DST --arch ARCH      (converters.commands.convert)
-    kvjax inspect SRC                      (converters.commands.inspect)
+    kvjax convert SRC DST --arch ARCH [--prefix PREFIX]   (converters.commands.convert)
+    kvjax inspect SRC                                     (converters.commands.inspect)
 
 Small steps, each in its own module:
 
@@ -11,7 +11,9 @@ Small steps, each in its own module:
     parity.py     the checks a fresh conversion must pass before it is kept (every tensor
                   reads back bit-identical; a forward pass is finite at every layer), recorded
                   as the manifest's "parity"
-    commands.py   `convert(src, dst, arch)` and `inspect(src)`, returning the text to print
+    commands.py   `convert(src, dst, arch)` and `inspect(src)`, returning the text to print;
+                  also the choice of the key prefix that holds the network (MoCo's
+                  "encoder_q.", "backbone.": `--prefix`, or inferred from the table)
 
 One explicit rename table per architecture (PyTorch name -> NNX state path + layout change,
 and the keys declared irrelevant), each beside the upstream layout it reads:

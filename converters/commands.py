@@ -16,16 +16,18 @@ from typing import Any, Mapping
 import numpy as np
 
 from converters import parity, tables
-from converters.load import load_checkpoint
+from converters.load import WRAPPER_PREFIXES, key_prefixes, load_checkpoint, under_prefix
 from kvjax.errors import KvjaxError, WeightsMismatchError
 from kvjax.io import model_checkpoint
 
 
-def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = None) -> str:
+def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = None,
+            prefix: str | None = None) -> str:
     """Convert the PyTorch/Caffe2/safetensors checkpoint `src` for `arch` into directory `dst`.
 
     Steps: refuse a `dst` that cannot be written or holds something else -> load `src`
-    safely -> read the config off the tensors -> rename and re-layout through the
+    safely -> keep the tensors under the key prefix that holds the network (`prefix`, see
+    below) -> read the config off the tensors -> rename and re-layout through the
     architecture's table (strict: missing, unexpected, mis-shaped tensors are named) -> write
     an orbax checkpoint + manifest into a temporary folder beside `dst` -> check it there
     (converters.parity: every tensor reads back bit-identical, a forward pass is finite at
@@ -35,6 +37,20 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
     for the same arch (which is then replaced). `hparams` add to (or replace) the training
     hyper-parameters the file records, for a file that lacks them (VideoGPT's downsample);
     only the names the arch's table declares (`Table.hparams`), with values it accepts.
+
+    `prefix` (e.g. "encoder_q."; the final dot may be left out): convert only the tensors
+    whose keys start with it, the prefix removed; a prefix that matches nothing is a
+    KvjaxError listing those the file has. "" converts the keys as they are. None (the
+    default): the keys as they are if their names fit the arch's table, else the one- or
+    two-level key prefix under which the tensors fit it best (`fitting_prefixes`), refused
+    when several fit equally well (MoCo's "encoder_q." and "encoder_k."). A prefix used is
+    recorded in the manifest's "source" and named in the summary.
+
+    A file that lacks the arch's classifier head entirely (`Table.head`: a backbone saved
+    for its features) converts to the model without it (config num_classes 0), which the
+    summary says with the last layer left; a head only partly there is an error naming what
+    is missing.
+
     Returns a summary.
     """
     from flax import nnx
@@ -50,6 +66,7 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
     digest = sha256(src)
     if existing is not None:
         _check_replaceable(dst, existing, arch, digest)
+    tensors, used, prefix_line = _select_prefix(tensors, meta, arch, prefix, src, dst)
     tensors = table.prepare(tensors)
     table.require(tensors, meta)
     config = table.config(tensors, meta)
@@ -58,6 +75,10 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
         weights.assign(net, tensors, table.mapping(**config), ignore=table.ignore,
                        source=src, arch=arch)
     except WeightsMismatchError as e:
+        if table.head_in(tensors) == "part":
+            raise WeightsMismatchError(
+                f"{e}. The classifier head ({', '.join(table.head)}) is only partly in the "
+                f"file: a checkpoint without its head must lack all of it") from None
         guess = guess_arch(tensors, meta)
         if guess and guess[0] != arch:
             raise WeightsMismatchError(f"{e}. The file looks like a {guess[0]!r} checkpoint "
@@ -66,16 +87,28 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
     ignored = sorted(k for k in tensors if any(fnmatch.fnmatchcase(k, p) for p in table.ignore))
     state = nnx.to_pure_dict(nnx.state(net))
     del net  # the check loads the written checkpoint afresh, as a user would
-    manifest = model_checkpoint.save(
-        dst, arch, state,
-        {"config": config, "source": {"path": os.path.abspath(src), "sha256": digest,
-                                      "layout": table.source}},
-        verify=lambda tmp: parity.check(tmp, arch, tensors, table, config))
+    layers: list[str] = []
+
+    def verify(tmp: str) -> dict:
+        from kvjax.models import load_model
+        model = load_model(arch, tmp)
+        layers.extend(model.layer_names())
+        return parity.check(tmp, arch, tensors, table, config, model=model)
+
+    source = {"path": os.path.abspath(src), "sha256": digest, "layout": table.source}
+    if used:
+        source["prefix"] = used
+    manifest = model_checkpoint.save(dst, arch, state, {"config": config, "source": source},
+                                     verify=verify)
+    headless = table.head_in(tensors) == "none"
     return "\n".join([
         f"converted {src} ({len(tensors)} tensors, {len(ignored)} declared irrelevant"
         f"{': ' + _short(ignored, 3) if ignored else ''}) -> {dst}",
+        *([f"  {prefix_line}"] if prefix_line else []),
         f"  arch {arch}, config {config or 'default'}, {manifest['tensors']} arrays, "
         f"{manifest['weights']:,} weights",
+        *([f"  no classifier head in the file ({', '.join(table.head)}): converted without "
+           f"it; layers up to {layers[-1]}"] if headless and layers else []),
         *(f"  {line}" for line in parity.describe(manifest["parity"])),
         f"  use it: kvjax layers --model {arch} --checkpoint {shlex.quote(dst)}   or   "
         f"kvjax.load_model({arch!r}, checkpoint={dst!r})"])
@@ -94,12 +127,24 @@ def inspect(src: str) -> str:
     tensors, meta = load_checkpoint(src)
     convs = {(k[:-len(".weight")] if k.endswith(".weight") else k): v.shape[0]
              for k, v in tensors.items() if k.endswith("weight") and v.ndim in (4, 5)}
-    guess = guess_arch(tensors, meta)
-    head = [f"{src}: PyTorch-style checkpoint",
-            "  guessed architecture: " + (f"{guess[0]} ({guess[1]}); convert with "
-                                           f"`kvjax convert {shlex.quote(src)} DST --arch "
-                                           f"{guess[0]}`"
-                                           if guess else f"none of {', '.join(tables.archs())}")]
+    best = _best_arch(tensors, meta)
+    under = None if best and best[1][0] == 1 else \
+        guess_prefix(tensors, meta, best[1][0] if best else 0.0)
+    command = f"kvjax convert {shlex.quote(src)} DST --arch"
+    if under:
+        arch, prefixes, reason = under
+        if len(prefixes) == 1:
+            guess = (f"{arch} under the key prefix {prefixes[0]!r} ({reason}); convert with "
+                     f"`{command} {arch}`, which finds the prefix")
+        else:
+            guess = (f"{arch} under each of the key prefixes {', '.join(prefixes)} ({reason}), "
+                     f"equally: choose one, e.g. `{command} {arch} --prefix {prefixes[0]}`")
+    elif best and best[1][0] >= 0.5:
+        guess = (f"{best[0]} ({_reason(best[0], best[1])}); convert with "
+                 f"`{command} {best[0]}`")
+    else:
+        guess = f"none of {', '.join(tables.archs())}"
+    head = [f"{src}: PyTorch-style checkpoint", f"  guessed architecture: {guess}"]
     return _report(head, tensors, convs, "weights (Cout, Cin, kt, kh, kw)")
 
 
@@ -110,11 +155,16 @@ def _inspect_converted(src: str) -> str:
     arch, state, man = model_checkpoint.load(src)
     flat = flatten(state)
     source = man.get("source") or {}
+    config = man.get("config") or {}
     head = [f"{src}: kvjax converted checkpoint, arch {arch}, "
-            f"config {man.get('config') or 'default'}",
+            f"config {config or 'default'}",
             f"  source: {source.get('path')} (sha256 {str(source.get('sha256'))[:16]}...)"
-            + (f", layout of {source['layout']}" if source.get("layout") else ""),
+            + (f", layout of {source['layout']}" if source.get("layout") else "")
+            + (f", tensors under the key prefix {source['prefix']!r}"
+               if source.get("prefix") else ""),
             f"  converted by kvjax {man.get('kvjax_version')} at {man.get('created')}"]
+    if isinstance(config, Mapping) and config.get("num_classes") == 0:
+        head.append("  no classifier head (the source had none): the network ends before it")
     head += [f"  {line}" for line in parity.describe(man.get("parity"))]
     layout = "channels-last kernels (kt, kh, kw, Cin, Cout)"
     try:
@@ -208,28 +258,167 @@ def _check_replaceable(dst: str, existing: Mapping, arch: str, digest: str) -> N
 def guess_arch(tensors: Mapping[str, np.ndarray], meta: Mapping | None = None
                ) -> tuple[str, str] | None:
     """(arch, reason) of the table whose names and shapes fit `tensors` best, or None."""
+    best = _best_arch(tensors, meta)
+    if best is None or best[1][0] < 0.5:
+        return None
+    return best[0], _reason(*best)
+
+
+def _best_arch(tensors: Mapping[str, np.ndarray], meta: Mapping | None
+               ) -> tuple[str, tuple] | None:
+    """(arch, its `_fit`) of the table that fits `tensors` best (the first of equals), or None
+    when no table can read a config off them."""
     best = None
     for arch in tables.archs():
-        table = tables.get(arch)
-        try:
-            prepared = table.prepare(tensors)
-            config = table.config(prepared, meta)
-            mapping = table.mapping(**config)
-            shapes = _expected_shapes(arch, json.dumps(config, sort_keys=True))
-        except Exception:  # a table that cannot even read this file's config does not fit
-            continue
-        relevant = [k for k in prepared
-                    if not any(fnmatch.fnmatchcase(k, p) for p in table.ignore)]
-        fit = sum(1 for k, (path, fn) in mapping.items()
-                  if k in prepared and np.shape(fn(np.asarray(prepared[k]))) == shapes.get(path))
-        score = fit / max(len(set(mapping) | set(relevant)), 1)
-        if best is None or score > best[1]:
-            best = (arch, score, fit, len(mapping))
-    if best is None or best[1] < 0.5:
+        fit = _fit(arch, tensors, meta)
+        if fit is not None and (best is None or fit[0] > best[1][0]):
+            best = (arch, fit)
+    return best
+
+
+def _fit(arch: str, tensors: Mapping[str, np.ndarray], meta: Mapping | None
+         ) -> tuple[float, int, int, dict] | None:
+    """(score, fit, expected, config): how `tensors` (a file's keys, before the table's
+    `prepare`) fit `arch`'s table with the config it reads off them. fit: the tensors the
+    table maps that have its names and, after the layout change, the model's shapes;
+    expected: how many it maps; score: fit / (the mapped names together with the file's
+    names not declared irrelevant), 1 exactly when every tensor is where it belongs.
+    None when the table cannot even read a config off them."""
+    table = tables.get(arch)
+    try:
+        prepared = table.prepare(tensors)
+        config = table.config(prepared, meta)
+        mapping = table.mapping(**config)
+        named = [k for k in mapping if k in prepared]
+        # no names in common: no need to build the model for its shapes
+        shapes = _expected_shapes(arch, json.dumps(config, sort_keys=True)) if named else {}
+    except Exception:  # a table that cannot even read this file's config does not fit
         return None
-    arch, score, fit, n = best
-    return arch, ("all tensors match" if score == 1 else
-                  f"{fit} of {n} expected tensors match by name and shape")
+    relevant = {k for k in prepared if not any(fnmatch.fnmatchcase(k, p) for p in table.ignore)}
+    fit = sum(1 for k in named
+              if _layout_shape(mapping[k][1], np.shape(prepared[k])) == shapes.get(mapping[k][0]))
+    return fit / max(len(set(mapping) | relevant), 1), fit, len(mapping), config
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout_shape(layout, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape `layout` (a table's layout change) gives an array of `shape`: found on a
+    byte array of that shape, once per shape (guessing compares every tensor's, for every
+    table and key prefix, and the tensors' own values do not matter)."""
+    return np.shape(layout(np.empty(shape, np.int8)))
+
+
+def _reason(arch: str, fit: tuple[float, int, int, dict]) -> str:
+    """Why `arch` was guessed, from its `_fit`: how many tensors match, and no head if so."""
+    score, n_fit, expected, config = fit
+    text = ("all tensors match" if score == 1 else
+            f"{n_fit} of {expected} expected tensors match by name and shape")
+    head = tables.get(arch).head
+    if head and config.get("num_classes") == 0:
+        text += f", no classifier head ({', '.join(head)})"
+    return text
+
+
+def fitting_prefixes(tensors: Mapping[str, np.ndarray], meta: Mapping | None, arch: str
+                     ) -> list[tuple[str, tuple[float, int, int, dict]]]:
+    """[(prefix, `_fit`)] of the one- and two-level key prefixes of `tensors`
+    (`load.key_prefixes`) under which the tensors, the prefix removed, fit `arch`'s table as
+    well as `guess_arch` asks (score >= 0.5), best first (equals in the file's order)."""
+    out = []
+    for p in key_prefixes(tensors):
+        fit = _fit(arch, under_prefix(tensors, p), meta)
+        if fit is not None and fit[0] >= 0.5:
+            out.append((p, fit))
+    return sorted(out, key=lambda e: -e[1][0])
+
+
+def guess_prefix(tensors: Mapping[str, np.ndarray], meta: Mapping | None = None,
+                 than: float = 0.0) -> tuple[str, list[str], str] | None:
+    """(arch, prefixes, reason) of the architecture and key prefix under which `tensors`
+    fit best (as `fitting_prefixes`, over every arch), where that fits better than `than`
+    (the score of the keys as they are); `prefixes` holds every prefix that fits that arch
+    equally well (MoCo's "encoder_q." and "encoder_k."). None if none does."""
+    best = None  # [score, arch, prefixes, fit]
+    for arch in tables.archs():
+        for p, fit in fitting_prefixes(tensors, meta, arch):
+            if fit[0] <= than:
+                break
+            if best is None or fit[0] > best[0]:
+                best = [fit[0], arch, [p], fit]
+            elif fit[0] == best[0] and arch == best[1]:
+                best[2].append(p)
+    return None if best is None else (best[1], best[2], _reason(best[1], best[3]))
+
+
+def _select_prefix(tensors: dict[str, np.ndarray], meta: Mapping | None, arch: str,
+                   prefix: str | None, src: str, dst: str
+                   ) -> tuple[dict[str, np.ndarray], str, str | None]:
+    """(the tensors to convert, the prefix removed from their keys ("" for none), a summary
+    line or None): `convert`'s choice of the subtree that holds the network (see its
+    `prefix`). KvjaxError for a given prefix that matches nothing (listing those there are)
+    and for an inferred one that is not unique (naming those that fit equally)."""
+    if prefix == "":
+        return tensors, "", None
+    if prefix is not None:
+        given = prefix if prefix.endswith(".") else prefix + "."  # whole key components
+        # load_checkpoint removed a wrapper prefix that every key shared ("module.")
+        for p in (given, *(given[len(w):] for w in WRAPPER_PREFIXES
+                           if given.startswith(w) and len(given) > len(w))):
+            kept = under_prefix(tensors, p)
+            if kept:
+                return kept, p, (f"key prefix {p!r} (--prefix): {len(kept)} of {len(tensors)} "
+                                 f"tensors converted, those outside it left out")
+        raise KvjaxError(f"--prefix {prefix!r} matches no tensor of {src}; "
+                         f"{_prefixes_there(tensors, meta, arch)}")
+    if _names_fit(arch, tensors, meta):
+        return tensors, "", None
+    fits = fitting_prefixes(tensors, meta, arch)
+    here = _fit(arch, tensors, meta) if fits else None
+    fits = [(p, fit) for p, fit in fits if fit[0] > (here[0] if here else 0.0)]
+    if not fits:
+        return tensors, "", None  # the table's mismatch names what is wrong
+    tied = [p for p, fit in fits if fit[0] == fits[0][1][0]]
+    if len(tied) > 1:
+        raise KvjaxError(
+            f"the tensors of {src} fit {arch} equally well under {len(tied)} key prefixes: "
+            f"{', '.join(tied)} (a self-supervised model keeps two encoders, MoCo's query and "
+            f"key); choose one with --prefix: kvjax convert {shlex.quote(src)} "
+            f"{shlex.quote(dst)} --arch {arch} --prefix {tied[0]}")
+    p, fit = fits[0]
+    kept = under_prefix(tensors, p)
+    return kept, p, (f"key prefix {p!r} found: the only one under which the tensors fit "
+                     f"{arch} ({_reason(arch, fit)}); {len(kept)} of {len(tensors)} tensors "
+                     f"converted, those outside it left out (--prefix chooses another)")
+
+
+def _names_fit(arch: str, tensors: Mapping[str, np.ndarray], meta: Mapping | None) -> bool:
+    """Whether the keys of `tensors` are exactly the names `arch`'s table maps (with those it
+    declares irrelevant): shapes are left to `weights.assign`, which names each misfit."""
+    table = tables.get(arch)
+    try:
+        prepared = table.prepare(tensors)
+        mapping = table.mapping(**table.config(prepared, meta))
+    except Exception:  # noqa: BLE001 - `convert` calls config again and reports it
+        return False
+    relevant = {k for k in prepared if not any(fnmatch.fnmatchcase(k, p) for p in table.ignore)}
+    return relevant == set(mapping)
+
+
+def _prefixes_there(tensors: Mapping[str, np.ndarray], meta: Mapping | None, arch: str,
+                    n: int = 12) -> str:
+    """What a --prefix could be: the file's first-level key prefixes with their tensor
+    counts, the keys without one, and those prefixes under which the tensors fit `arch`."""
+    top = {p: c for p, c in key_prefixes(tensors).items() if p.count(".") == 1}
+    bare = [k for k in tensors if "." not in k]
+    listed = [f"{p} ({c})" for p, c in list(top.items())[:n]]
+    if len(top) > n:
+        listed.append(f"... ({len(top)} prefixes in all)")
+    text = ("the keys there are under " + ", ".join(listed)) if listed else "no key has a prefix"
+    if bare:
+        text += f"; {len(bare)} without one ({_short(bare, 3)})"
+    fits = [p for p, _ in fitting_prefixes(tensors, meta, arch)]
+    return text + (f"; the tensors fit {arch} under {', '.join(fits)}" if fits else
+                   f"; under none of them do the tensors fit {arch}")
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,6 +13,11 @@ PySlowFast's {"model_state": ...}, {"model": ...}, DataParallel's "module." pref
 Caffe2's {"blobs": ...} (optimizer blobs such as "*_momentum" dropped). Float weights of any
 width (float16, bfloat16, float64, float8) come out as float32.
 
+Other prefixes (a self-supervised model's "encoder_q." and "encoder_k.", "backbone.") are
+kept: which subtree holds the network depends on the architecture, so `kvjax convert` picks
+it (`--prefix`, or inferred from the architecture's table: converters.commands), with
+`key_prefixes` and `under_prefix` from here.
+
 What training scripts save beside the weights is read without running anything: argparse
 Namespaces, Lightning's classes, numpy scalars and arrays, pathlib paths and slices become
 inert stand-ins (`_stand_ins`). A file that would import or call anything else is refused
@@ -38,7 +43,7 @@ SAFETENSORS_EXTS = (".safetensors",)
 _CONTAINER_KEYS = ("state_dict", "model_state", "model_state_dict", "model", "net", "blobs",
                    "module")
 # Prefixes added by wrappers (DataParallel, Lightning, torch.compile), stripped when all keys share them.
-_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
 # Caffe2 blobs that are bookkeeping, not weights (optimizer blobs end in "_momentum").
 _CAFFE2_SKIP = ("lr", "model_iter", "iter")
 # Plain data containers that training scripts put beside the weights (Lightning stores a
@@ -286,11 +291,31 @@ def unwrap(obj: Any, path: str = "<checkpoint>") -> dict[str, Any]:
     changed = True
     while changed and tensors:
         changed = False
-        for p in _WRAPPER_PREFIXES:
+        for p in WRAPPER_PREFIXES:
             if all(k.startswith(p) for k in tensors):
                 tensors = {k[len(p):]: v for k, v in tensors.items()}
                 changed = True
     return tensors
+
+
+def key_prefixes(keys) -> dict[str, int]:
+    """{prefix: number of keys under it} for the one- and two-level dot-separated prefixes
+    of `keys` ("encoder_q." and "encoder_q.layer1." of "encoder_q.layer1.0.conv1.0.weight"),
+    in the order first seen; a key's last component never counts as a prefix."""
+    out: dict[str, int] = {}
+    for k in keys:
+        parts = k.split(".")
+        for n in (1, 2):
+            if len(parts) > n:
+                p = ".".join(parts[:n]) + "."
+                out[p] = out.get(p, 0) + 1
+    return out
+
+
+def under_prefix(tensors: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The tensors whose keys start with `prefix`, the prefix removed ({} if none)."""
+    return {k[len(prefix):]: v for k, v in tensors.items()
+            if k.startswith(prefix) and len(k) > len(prefix)}
 
 
 def _to_numpy(tensors: Mapping[str, Any], path: str) -> dict[str, np.ndarray]:

@@ -15,11 +15,18 @@ Caffe2 blob names (the same tensors as PySlowFast's `get_name_convert_func` rena
 with bn suffixes s -> weight, b -> bias, rm -> running_mean, riv -> running_var (PySlowFast
 reads riv as the running variance). Optimizer blobs (*_momentum, lr, model_iter) are dropped
 when the file is read.
+
+The classifier head is `head.projection` (`HEAD`; Caffe2 `pred_w`, `pred_b`). A file without
+it (a backbone kept for its features) converts to the network without `head` (num_classes
+0), whose last layer is `s5`; a file with only one of its two tensors is refused, naming the
+other.
 """
 from __future__ import annotations
 
-from converters.tables import Table, batchnorm, conv3d, linear, vector
+from converters.tables import Table, batchnorm, classifier_config, conv3d, linear, vector
 from kvjax.models import slowfast_i3d as model
+
+HEAD = ("head.projection.weight", "head.projection.bias")
 
 _BN_C2 = {"s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
 
@@ -60,8 +67,7 @@ def prepare(tensors):
 
 
 def config(tensors, meta=None) -> dict:
-    w = tensors.get("head.projection.weight")
-    return {"num_classes": int(w.shape[0])} if w is not None and w.ndim == 2 else {}
+    return classifier_config(tensors, *HEAD, ndim=2)
 
 
 def mapping(num_classes: int = model.NUM_CLASSES):
@@ -75,11 +81,12 @@ def mapping(num_classes: int = model.NUM_CLASSES):
         if has_branch1:
             m[f"{pt}.branch1.weight"] = ((path, "branch1", "kernel"), conv3d)
             m.update(batchnorm(f"{pt}.branch1_bn", (path, "branch1_bn")))
-    m["head.projection.weight"] = (("head", "kernel"), linear)
-    m["head.projection.bias"] = (("head", "bias"), vector)
+    if num_classes:
+        m["head.projection.weight"] = (("head", "kernel"), linear)
+        m["head.projection.bias"] = (("head", "bias"), vector)
     return m
 
 
 TABLES = {"slowfast-i3d-r50": Table("slowfast-i3d-r50", config, mapping, model.make_net,
                                     source="facebookresearch/SlowFast ResNet (I3D_8x8_R50)",
-                                    prepare=prepare)}
+                                    prepare=prepare, head=HEAD)}

@@ -3,8 +3,9 @@
 A table says, for one architecture, exactly which PyTorch tensor goes where:
 
     Table.config(tensors, meta) -> dict    constructor arguments read off the checkpoint
-                                           (e.g. num_classes from the classifier's shape;
-                                           meta: recorded hyper-parameters, see load.py)
+                                           (e.g. num_classes from the classifier's shape,
+                                           0 when the file has none of `head`; meta:
+                                           recorded hyper-parameters, see load.py)
     Table.mapping(config) -> {torch name: (NNX state path, layout change)}
     Table.ignore                           glob patterns of keys known to be irrelevant
     Table.prepare(tensors) -> tensors      renames an alternative layout of the same weights
@@ -12,6 +13,12 @@ A table says, for one architecture, exactly which PyTorch tensor goes where:
     Table.make_net(**config)               the kvjax NNX module the state belongs to
     Table.hparams                          {name: check} of what `--hparam NAME=VALUE` may
                                            give (hyper-parameters the weights cannot tell)
+    Table.head                             the keys of the classifier head: a file with none
+                                           of them (a backbone saved for features, a
+                                           self-supervised encoder) converts to the model
+                                           without its head (config num_classes 0, see
+                                           `classifier_config`); one with some of them is
+                                           refused, naming those it lacks
 
 Layout changes (PyTorch -> kvjax, channels last):
 
@@ -93,6 +100,28 @@ def batchnorm(torch_prefix: str, path: tuple, *, scale: bool = True) -> Mapping_
     return m
 
 
+def classifier_config(tensors: Mapping[str, np.ndarray], weight: str, bias: str,
+                      ndim: int) -> dict:
+    """The config entry read off a classifier head `weight` (classes first, `ndim` axes) and
+    `bias` (classes,):
+
+        {"num_classes": C}  C from the weight, or from the bias when only that is present
+                            (the mapping then names the weight as missing)
+        {"num_classes": 0}  neither is in the file: a headless checkpoint (a backbone kept
+                            for its features); the model is built without the head
+        {}                  the default, where neither gives a count (a weight of another
+                            rank: the mapping reports its shape)
+    """
+    w, b = tensors.get(weight), tensors.get(bias)
+    if w is None and b is None:
+        return {"num_classes": 0}
+    if w is not None and np.ndim(w) == ndim:
+        return {"num_classes": int(np.shape(w)[0])}
+    if w is None and np.ndim(b) == 1:
+        return {"num_classes": int(np.shape(b)[0])}
+    return {}
+
+
 @dataclasses.dataclass(frozen=True)
 class Table:
     arch: str
@@ -110,6 +139,15 @@ class Table:
     # {name: check(value) -> value} of the hyper-parameters `kvjax convert --hparam` takes
     # (those `config` reads from the file's metadata); a check raises a KvjaxError naming
     # the valid form
+    head: tuple[str, ...] = ()
+    # the keys of the classifier head (PyTorch names, after `prepare`): all absent, the
+    # model is built without it; () for an architecture without a classifier
+
+    def head_in(self, tensors: Mapping[str, Any]) -> str:
+        """How much of the classifier head (`head`) `tensors` hold: "all", "none" or "part"
+        ("all" for an architecture without one)."""
+        have = sum(k in tensors for k in self.head)
+        return "all" if have == len(self.head) else "none" if have == 0 else "part"
 
     def check_hparams(self, hparams: Mapping[str, Any]) -> dict[str, Any]:
         """`kvjax convert --hparam` values, checked: a KvjaxError names an unknown name with

@@ -13,18 +13,24 @@ Keys (torchvision module names -> kvjax state paths):
     fc.weight (out, in), fc.bias                    -> fc/kernel (in, out), fc/bias
 BatchNorm: weight -> scale, bias, running_mean -> mean, running_var -> var;
 num_batches_tracked ignored.
+
+The classifier head is `fc` (`HEAD`). A file without it (a backbone whose `fc` was removed or
+never saved, as self-supervised and feature-extractor checkpoints keep them) converts to the
+network without `fc` (num_classes 0), whose last layer is `avgpool`; a file with only one of
+`fc.weight`, `fc.bias` is refused, naming the other.
 """
 from __future__ import annotations
 
 import functools
 
-from converters.tables import Table, batchnorm, conv3d, linear, vector
+from converters.tables import Table, batchnorm, classifier_config, conv3d, linear, vector
 from kvjax.models import video_resnet as model
+
+HEAD = ("fc.weight", "fc.bias")
 
 
 def config(tensors, meta=None) -> dict:
-    w = tensors.get("fc.weight")
-    return {"num_classes": int(w.shape[0])} if w is not None and w.ndim == 2 else {}
+    return classifier_config(tensors, *HEAD, ndim=2)
 
 
 def mapping(arch: str, num_classes: int = model.NUM_CLASSES):
@@ -53,12 +59,13 @@ def mapping(arch: str, num_classes: int = model.NUM_CLASSES):
                 m[f"{t}.downsample.0.weight"] = ((*p, "downsample", "kernel"), conv3d)
                 m.update(batchnorm(f"{t}.downsample.1", (*p, "downsample_bn")))
             cin = planes
-    m["fc.weight"] = (("fc", "kernel"), linear)
-    m["fc.bias"] = (("fc", "bias"), vector)
+    if num_classes:
+        m["fc.weight"] = (("fc", "kernel"), linear)
+        m["fc.bias"] = (("fc", "bias"), vector)
     return m
 
 
 TABLES = {arch: Table(arch, config, functools.partial(mapping, arch),
                       functools.partial(model.make_net, arch),
-                      source="torchvision.models.video.resnet")
+                      source="torchvision.models.video.resnet", head=HEAD)
           for arch in model.KINDS}

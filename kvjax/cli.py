@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--hparam", type=_hparam, action="append", default=[],
                       metavar="NAME=VALUE", help="a training hyper-parameter the file lacks, "
                       "e.g. downsample=4,2,2 for a bare VideoGPT state dict (repeatable)")
+    conv.add_argument("--prefix", default=None, metavar="PREFIX",
+                      help="convert only the tensors whose keys start with PREFIX (whole "
+                      "dot-separated components, e.g. encoder_q. or module.backbone.), PREFIX "
+                      "removed; without it the keys are used as they are, or, where they do "
+                      "not fit --arch, under the one prefix they fit ('' keeps the keys as "
+                      "they are)")
 
     ins = sub.add_parser("inspect", help="list a checkpoint's tensors and guess its architecture")
     ins.add_argument("src")
@@ -178,7 +184,7 @@ def _dispatch(args) -> int:
             return run(args)
         if args.command == "convert":
             from converters.commands import convert
-            print(convert(args.src, args.dst, args.arch, dict(args.hparam)))
+            print(convert(args.src, args.dst, args.arch, dict(args.hparam), args.prefix))
             return 0
         if args.command == "inspect":
             from converters.commands import inspect

@@ -58,7 +58,8 @@ def test_i3d_checkpoint_that_is_not_named_arrays(tmp_path, capsys, tree, msg):
 @pytest.mark.parametrize("config,msg", [
     ({"bogus": 1}, r"unknown config field 'bogus' in .*ck's manifest; .*valid: num_classes, "
                    r"seed$"),
-    ({"num_classes": "x"}, r"config field 'num_classes' = 'x'; it must be a whole number >= 1$"),
+    ({"num_classes": "x"}, r"config field 'num_classes' = 'x'; it must be a whole number >= 0 "
+                           r"\(0: no classifier head\)$"),
 ], ids=["unknown-field", "str-value"])
 def test_converted_checkpoint_with_a_config_the_model_cannot_take(tmp_path, capsys, config,
                                                                    msg):

@@ -129,9 +129,11 @@ def test_i3d_given_a_missing_file_or_a_converted_folder_says_what_to_do(tmp_path
     ("c3d", {"bogus": 1}, r"unknown config field 'bogus' in .*ck's manifest; .*valid: "
                           r"num_classes, seed$"),
     ("c3d", {"num_classes": "x"}, r"ck's manifest has config field 'num_classes' = 'x'; it "
-                                  r"must be a whole number >= 1$"),
-    ("c3d", {"num_classes": -1}, r"'num_classes' = -1; it must be a whole number >= 1$"),
-    ("c3d", {"num_classes": True}, r"'num_classes' = True; it must be a whole number >= 1$"),
+                                  r"must be a whole number >= 0 \(0: no classifier head\)$"),
+    ("c3d", {"num_classes": -1}, r"'num_classes' = -1; it must be a whole number >= 0 "
+                                 r"\(0: no classifier head\)$"),
+    ("c3d", {"num_classes": True}, r"'num_classes' = True; it must be a whole number >= 0 "
+                                   r"\(0: no classifier head\)$"),
     ("flownets", {"batch_norm": 1}, r"'batch_norm' = 1; it must be true or false$"),
     ("r3d_18", {"arch": "r3d_18"}, r"unknown config field 'arch'.*valid: num_classes, seed$"),
     ("videogpt-vqvae", {"downsample": 4}, r"'downsample' = 4; it must be a list of whole "
@@ -154,7 +156,8 @@ def test_manifest_config_the_model_cannot_take_is_named(tmp_path, arch, config, 
 
 def test_manifest_config_admits_what_the_converter_can_write():
     """A VideoGPT encoder without residual blocks (n_res_layers 0, what the converter writes
-    for such a file) builds: only class counts and widths must be >= 1."""
+    for such a file) builds: only widths must be >= 1 (num_classes 0 is a model without its
+    classifier head)."""
     from kvjax.models import converted, videogpt
     cfg = {"n_hiddens": 8, "n_res_layers": 0, "downsample": [2, 2, 2], "embedding_dim": 4}
     assert converted.check_config(cfg, videogpt.make_net, "here") == cfg

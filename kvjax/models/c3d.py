@@ -15,6 +15,7 @@ PyTorch's (C, T, H, W) order, which needs pool5 of shape 1 x 4 x 4: 16 to 31 fra
 from 96 to 127 (the default 16 x 112 x 112 among them); for other input sizes the network
 ends at pool5 and fc layers are not offered.
 `fc6`, `fc7` are read after ReLU (`fc6/linear`, `fc7/linear` before it); `fc8` is the logits.
+Built with num_classes 0 (a converted checkpoint without fc8) the network ends at `fc7`.
 """
 from __future__ import annotations
 
@@ -48,14 +49,16 @@ FCS = (("fc6", 8192, 4096), ("fc7", 4096, 4096), ("fc8", 4096, None))
 
 
 class C3D(nnx.Module):
-    """`__call__(x, taps)`: x f32[N,16,112,112,3] in [0,255] -> logits f32[N, num_classes]."""
+    """`__call__(x, taps)`: x f32[N,16,112,112,3] in [0,255] -> logits f32[N, num_classes];
+    with num_classes 0 (no fc8) fc7's output after ReLU, f32[N, 4096]."""
 
     def __init__(self, num_classes: int = NUM_CLASSES, *, rngs: nnx.Rngs):
         for name, cin, cout in CONVS:
             setattr(self, name, Conv3d(cin, cout, (3, 3, 3), (1, 1, 1), ((1, 1),) * 3,
                                        bias=True, rngs=rngs))
         for name, cin, cout in FCS:
-            setattr(self, name, Linear(cin, cout or num_classes, rngs=rngs))
+            setattr(self, name, Linear(cin, cout or num_classes, rngs=rngs)
+                    if cout or num_classes else None)  # num_classes 0: no classifier fc8
 
     def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
         taps = taps if taps is not None else Taps()
@@ -70,6 +73,8 @@ class C3D(nnx.Module):
             return x  # fc6 was trained on 1x4x4x512; other input sizes end at pool5
         x = jnp.transpose(x, (0, 4, 1, 2, 3)).reshape(x.shape[0], -1)  # PyTorch's (C,T,H,W) flatten
         for name, _, cout in FCS:
+            if getattr(self, name) is None:  # built without its classifier
+                break
             x = getattr(self, name)(x)
             if cout is None:
                 return taps(name, x, PRE)
@@ -79,6 +84,7 @@ class C3D(nnx.Module):
 
 
 def make_net(num_classes: int = NUM_CLASSES, seed: int = 0) -> C3D:
+    """C3D with a classifier fc8 of `num_classes` outputs (0: none, ending at fc7)."""
     return C3D(num_classes, rngs=nnx.Rngs(seed))
 
 

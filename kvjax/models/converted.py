@@ -55,7 +55,8 @@ def check_config(config: Any, make_net: Callable[..., nnx.Module], where: str) -
     `make_net`'s parameters (with the valid ones), a parameter without default it lacks, and a
     value whose type is not that of the parameter's default (where that is a bool, a whole
     number, a number, a string or a list of whole numbers; a whole number >= 1 for the
-    widths and class counts in `_POSITIVE`).
+    widths in `_POSITIVE`, >= 0 for `num_classes`, whose 0 is a model built without its
+    classifier head, as `kvjax convert` writes for a checkpoint without one).
     """
     if config is None:
         return {}
@@ -83,9 +84,10 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-# Parameters of the make_nets that must be at least 1 (classes, widths); other whole numbers
-# may be 0 (VideoGPT's n_res_layers: a converted encoder without residual blocks builds).
-_POSITIVE = ("num_classes", "n_hiddens", "embedding_dim")
+# Parameters of the make_nets that must be at least 1 (widths); other whole numbers may be 0
+# (VideoGPT's n_res_layers: a converted encoder without residual blocks builds; num_classes:
+# a model without its classifier head).
+_POSITIVE = ("n_hiddens", "embedding_dim")
 
 
 def _form(name: str, default: Any) -> tuple[Callable[[Any], bool], str] | None:
@@ -95,6 +97,9 @@ def _form(name: str, default: Any) -> tuple[Callable[[Any], bool], str] | None:
         return (lambda v: isinstance(v, bool)), "true or false"
     if isinstance(default, numbers.Integral) and name in _POSITIVE:
         return (lambda v: _is_int(v) and v >= 1), "a whole number >= 1"
+    if isinstance(default, numbers.Integral) and name == "num_classes":
+        return ((lambda v: _is_int(v) and v >= 0),
+                "a whole number >= 0 (0: no classifier head)")
     if isinstance(default, numbers.Integral):
         return _is_int, "a whole number"
     if isinstance(default, numbers.Real):

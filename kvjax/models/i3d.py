@@ -157,7 +157,8 @@ class InceptionI3d(nnx.Module):
 
     DeepMind's network by default. pytorch-i3d's (kvjax.models.pytorch_i3d) differs only in
     `bn_scale` (BatchNorm with a learned scale) and `zero_pad_pools` (max pools padded with
-    zeros, not -inf); the parameter paths are the same.
+    zeros, not -inf); the parameter paths are the same. With `num_classes` 0 there is no
+    `Logits` (nor its average pool): the network ends at Mixed_5c, f32[N,t,h,w,1024].
     """
 
     # Its first op is Conv3d_1a_7x7's kvjax.ops.conv3d, which takes a video resized along
@@ -173,7 +174,8 @@ class InceptionI3d(nnx.Module):
                 setattr(self, name, InceptionModule(args, _MIXED[name], bn_scale=bn_scale,
                                                     zero_pad_pools=zero_pad_pools, rngs=rngs))
             elif kind == "logits":
-                self.Logits = Conv3d(args[0], num_classes, (1, 1, 1), bias=True, rngs=rngs)
+                self.Logits = Conv3d(args[0], num_classes, (1, 1, 1), bias=True, rngs=rngs) \
+                    if num_classes else None  # 0: built without its classifier
         self.zero_pad_pools = zero_pad_pools
 
     def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
@@ -182,6 +184,8 @@ class InceptionI3d(nnx.Module):
             if kind == "pool":
                 x = taps(name, max_pool_same(x, args[0], args[1], self.zero_pad_pools), POST)
             elif kind == "logits":
+                if self.Logits is None:  # built without its classifier
+                    break
                 x = ops.avg_pool3d(x, (2, 7, 7), (1, 1, 1), "VALID")
                 x = taps(name, self.Logits(x), PRE)
             else:

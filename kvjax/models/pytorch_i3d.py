@@ -44,7 +44,8 @@ def units() -> list[tuple[str, str, tuple[str, ...]]]:
 
 
 def make_net(num_classes: int = NUM_CLASSES, seed: int = 0) -> InceptionI3d:
-    """`__call__(x, taps)`: x f32[N,T,224,224,3] in [-1,1] -> f32[N,t,1,1,num_classes]."""
+    """`__call__(x, taps)`: x f32[N,T,224,224,3] in [-1,1] -> f32[N,t,1,1,num_classes]; with
+    num_classes 0 (a checkpoint without `logits`) no `Logits`: Mixed_5c's f32[N,T/8,7,7,1024]."""
     return InceptionI3d(num_classes, bn_scale=True, zero_pad_pools=True, rngs=nnx.Rngs(seed))
 
 

@@ -23,7 +23,9 @@ Exposed layers: `s1/conv` (PRE), `s1/relu` (POST), `s1` (after the stem pool); p
 `s3/res0/a/conv` (PRE), `s3/res0/a` (POST), `.../b/conv`, `.../b`, `.../c/conv` (PRE),
 `s3/res0` (block output, POST); stage outputs `s2` ... `s5`; `s2/pool`; `head` (the
 projection at every pooled position, pre-softmax, PRE). In eval mode PySlowFast's head applies
-a softmax and averages positions; kvjax exposes the logits before that.
+a softmax and averages positions; kvjax exposes the logits before that. Built with num_classes
+0 (a converted checkpoint without `head.projection`) the network has no head and ends at `s5`
+(no head pool either, so any input that reaches `s5` does).
 
 Asked for one channel (stage 1's readout, `features(video, channel=k)`), every layer above but
 `head` is computed as that channel alone (pools act per channel; a block's output adds the
@@ -95,7 +97,8 @@ class Bottleneck(nnx.Module):
 
 
 class SlowFastI3dR50(nnx.Module):
-    """`__call__(x, taps)`: x f32[N,8,224,224,3] normalised -> logits f32[N,t,h,w,classes]."""
+    """`__call__(x, taps)`: x f32[N,8,224,224,3] normalised -> logits f32[N,t,h,w,classes];
+    with num_classes 0 (no head) the output of `s5`, f32[N,T/2,H/32,W/32,2048]."""
 
     def __init__(self, num_classes: int = NUM_CLASSES, *, rngs: nnx.Rngs):
         self.s1_conv = Conv3d(3, STEM_OUT, (5, 7, 7), (1, 2, 2), _pads(2, 3, 3), rngs=rngs)
@@ -106,7 +109,7 @@ class SlowFastI3dR50(nnx.Module):
                 setattr(self, f"{stage}_res{i}",
                         Bottleneck(cin, cout, inner, stride if i == 0 else 1, kts[i], rngs=rngs))
                 cin = cout
-        self.head = Linear(cin, num_classes, rngs=rngs)
+        self.head = Linear(cin, num_classes, rngs=rngs) if num_classes else None
 
     def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
         taps = taps if taps is not None else Taps()
@@ -121,12 +124,15 @@ class SlowFastI3dR50(nnx.Module):
             x = taps(stage, x, POST)
             if stage == "s2":
                 x = taps("s2/pool", ops.max_pool3d(x, (2, 1, 1), (2, 1, 1), "VALID"), POST)
+        if self.head is None:  # built without its classifier
+            return x
         x = ops.avg_pool3d(x, HEAD_POOL, (1, 1, 1), "VALID")
         n, t, h, w, c = x.shape
         return taps("head", self.head(x.reshape(-1, c)).reshape(n, t, h, w, -1), PRE)
 
 
 def make_net(num_classes: int = NUM_CLASSES, seed: int = 0) -> SlowFastI3dR50:
+    """The network with a head of `num_classes` outputs (0: none, ending at `s5`)."""
     return SlowFastI3dR50(num_classes, rngs=nnx.Rngs(seed))
 
 

@@ -20,7 +20,8 @@ Exposed layers (every one in forward order): `stem/conv` (PRE) and `stem` (POST)
 `layer2/0/conv1/conv` (raw conv, PRE), `layer2/0/conv1` (after BN + ReLU), `layer2/0/conv2/conv`
 (PRE), `layer2/0` (block output after the residual sum and ReLU), and `layer2` (the stage's
 output); for (2+1)D convs also `.../spatial` (raw spatial conv, PRE) and `.../mid` (after its
-BN + ReLU). `avgpool` f32[N,1,1,1,512] and `fc` (logits, PRE).
+BN + ReLU). `avgpool` f32[N,1,1,1,512] and `fc` (logits, PRE). Built with num_classes 0 (a
+converted checkpoint without its classifier) the network has no `fc` and ends at `avgpool`.
 
 Asked for one channel (stage 1's readout, `features(video, channel=k)`), every layer above
 up to `layer4` is computed as that channel alone: its last convolution gives one output
@@ -137,7 +138,8 @@ class BasicBlock(nnx.Module):
 
 
 class VideoResNet(nnx.Module):
-    """`__call__(x, taps)`: x f32[N,T,H,W,3] in [0,1] -> logits f32[N, num_classes]."""
+    """`__call__(x, taps)`: x f32[N,T,H,W,3] in [0,1] -> logits f32[N, num_classes]; with
+    num_classes 0 (no classifier `fc`) the pooled features f32[N,1,1,1,512]."""
 
     def __init__(self, arch: str, num_classes: int = NUM_CLASSES, *, rngs: nnx.Rngs):
         self.arch = arch
@@ -155,7 +157,7 @@ class VideoResNet(nnx.Module):
                 setattr(self, f"layer{i}_{j}",
                         BasicBlock(kind, cin, planes, stride if j == 0 else 1, rngs=rngs))
                 cin = planes
-        self.fc = Linear(cin, num_classes, rngs=rngs)
+        self.fc = Linear(cin, num_classes, rngs=rngs) if num_classes else None
 
     def __call__(self, x: jax.Array, taps: Taps | None = None) -> jax.Array:
         taps = taps if taps is not None else Taps()
@@ -175,10 +177,13 @@ class VideoResNet(nnx.Module):
                 x = getattr(self, f"layer{i}_{j}")(x, taps, f"layer{i}/{j}", last)
             x = taps(f"layer{i}", x, POST)
         x = taps("avgpool", jnp.mean(x, axis=(1, 2, 3), keepdims=True), POST)
+        if self.fc is None:  # built without its classifier
+            return x
         return taps("fc", self.fc(x.reshape(x.shape[0], -1)), PRE)
 
 
 def make_net(arch: str, num_classes: int = NUM_CLASSES, seed: int = 0) -> VideoResNet:
+    """`arch` with a classifier of `num_classes` outputs (0: none, ending at `avgpool`)."""
     if arch not in KINDS:
         raise ValueError(f"unknown video ResNet {arch!r}; valid: {', '.join(KINDS)}")
     return VideoResNet(arch, num_classes, rngs=nnx.Rngs(seed))
