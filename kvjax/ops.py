@@ -253,8 +253,8 @@ def _cpu_strategy(x_shape, w_shape, strides, pads) -> str:
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     """f32[n_out, n_in]: linear interpolation with the corners aligned (PyTorch's
     align_corners=True): output i samples input coordinate i * (n_in - 1) / (n_out - 1); each
-    row has at most two non-zeros, summing to 1. Computed in float32 as
-    kvjax.models.base.resize_video computes it."""
+    row has at most two non-zeros, summing to 1 (up to rounding); a numpy constant, so a
+    traced program never recomputes it. kvjax.models.base.resize_video resizes with it."""
     src = np.arange(n_out, dtype=np.float32) * np.float32((n_in - 1) / max(n_out - 1, 1))
     return np.maximum(np.float32(0), np.float32(1) - np.abs(
         src[:, None] - np.arange(n_in, dtype=np.float32)[None]))
@@ -330,8 +330,11 @@ def _fuses_time_resize(r: TimeResized, w_shape, strides, pads, impl: str = "cpu"
     0.66 of the taps took 0.81 of the time)."""
     if impl != "cpu" or r.frames <= r.x.shape[1]:
         return False
-    coef = _time_coefficients(r.x.shape[1], r.frames, w_shape[0], strides[0], pads[0])
-    return 4 * sum(b - a for a, b in _time_spans(coef)) <= 3 * coef.shape[0] * w_shape[0]
+    spans = _time_spans(_time_coefficients(r.x.shape[1], r.frames, w_shape[0], strides[0],
+                                           pads[0]))
+    if any(b == a for a, b in spans):  # an output frame of padding alone: not worth a form
+        return False
+    return 4 * sum(b - a for a, b in spans) <= 3 * len(spans) * w_shape[0]
 
 
 def _conv_time_resized(r: TimeResized, w, strides, pads):
@@ -352,9 +355,9 @@ def _conv_time_resized(r: TimeResized, w, strides, pads):
         xs, wt, conv_strides, conv_pads = x, w, strides[1:], pads[1:]
     frames = []
     for o, (i0, i1) in enumerate(_time_spans(coef)):
-        if i1 == i0:  # every tap in the padding
-            frames.append(None)
-            continue
+        if i1 == i0:
+            raise ValueError(f"output frame {o} reads only the padding: form the video "
+                             f"(_fuses_time_resize says so)")
         wo = jnp.einsum("ad,ahwco->hwdco", coef[o, :, i0:i1], wt,
                         precision=lax.Precision.HIGHEST)
         wo = wo.reshape(*wo.shape[:2], -1, cout)
@@ -362,8 +365,7 @@ def _conv_time_resized(r: TimeResized, w, strides, pads):
         xo = xo.reshape(*xo.shape[:3], -1)
         frames.append(lax.conv_general_dilated(xo, wo, conv_strides, conv_pads,
                                                dimension_numbers=_DN2))
-    like = next(f for f in frames if f is not None)
-    return jnp.stack([jnp.zeros_like(like) if f is None else f for f in frames], axis=1)
+    return jnp.stack(frames, axis=1)
 
 
 def conv3d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1, 1),

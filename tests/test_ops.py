@@ -501,11 +501,14 @@ TIME_RESIZED_CASES = [
     ("3x7x7_s122_valid", (1, 4, 14, 13, 3), 13, (3, 7, 7), 4, (1, 2, 2), "VALID", True),
     ("1x1x1_upsampled", (1, 4, 5, 5, 3), 9, (1, 1, 1), 4, (1, 1, 1), "SAME", False),
     ("3x3x3_downsampled", (1, 9, 6, 6, 3), 4, (3, 3, 3), 4, (1, 1, 1), "SAME", False),
+    # an output frame of padding alone (frame 0 reads cells -10..-8): formed, not composed
+    ("padding_only_frame", (1, 2, 5, 5, 3), 7, (3, 3, 3), 3, (5, 1, 1),
+     ((10, 0), (1, 1), (1, 1)), False),
 ]
 
 
 @pytest.mark.parametrize("case", TIME_RESIZED_CASES, ids=[c[0] for c in TIME_RESIZED_CASES])
-def test_conv3d_of_a_time_resized_video_is_the_conv_of_the_resized_video(case):
+def test_conv3d_of_a_time_resized_video_is_the_conv_of_the_resized_video(case, monkeypatch):
     # The reference resizes with NumPy's own interpolation (np.interp per pixel, corners
     # aligned) and convolves with XLA's 3D conv; values and input gradients, where kvjax
     # composes the kernels with the resize and where it forms the video first.
@@ -519,11 +522,15 @@ def test_conv3d_of_a_time_resized_video_is_the_conv_of_the_resized_video(case):
     assert resized.shape == (x_shape[0], frames, *x_shape[2:])
     pads = ops.resolve_padding(resized.shape[1:4], kernel, strides, padding)
     assert ops._fuses_time_resize(resized, w.shape, strides, pads) is fused
+    calls = []
+    compose = ops._conv_time_resized
+    monkeypatch.setattr(ops, "_conv_time_resized", lambda *a: calls.append(1) or compose(*a))
     ct = _normal(jax.eval_shape(lambda x: _ref_conv(formed(x), w, strides, padding), x).shape, 3)
     ref = jax.value_and_grad(lambda x: jnp.sum(_ref_conv(formed(x), w, strides, padding) * ct))
     ours = jax.value_and_grad(
         lambda x: jnp.sum(ops.conv3d(ops.TimeResized(x, frames), w, strides, padding) * ct))
     (v, g), (v_ref, g_ref) = jax.jit(ours)(x), jax.jit(ref)(x)
+    assert bool(calls) == (fused and jax.default_backend() == "cpu")  # the branch taken
     _close(v, v_ref)
     _close(g, g_ref)
     _close(ops.conv3d(resized, w, strides, padding),

@@ -246,7 +246,8 @@ class VideoModel:
         the model's value range; a network whose first op takes it (`takes_time_resized`:
         I3D) gets the video resized in H, W only and the resize along time unformed
         (kvjax.ops.TimeResized), which its stem composes with its kernels on CPU (the `paper`
-        preset's 16 -> 32 frames: 74 frame-taps instead of 112). Values are exact. Gradients: `relu_grad="redirect"` (the
+        preset's 16 -> 32 frames: 74 frame-taps instead of 112) and forms elsewhere (then
+        after the H, W resize: the same values up to float32 rounding). Values are exact. Gradients: `relu_grad="redirect"` (the
         default, for activation maximisation) lets a ReLU that passed no gradient at all pass
         the gradient that would wake it up (kvjax.models.relu: a dead kernel's stage 1 then
         starts moving instead of staying grey); `"exact"` gives the true gradient. Redirection
