@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shlex
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from kvjax.io import model_checkpoint
 
 
 def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = None,
-            prefix: str | None = None) -> str:
+            prefix: str | None = None, ignore: Sequence[str] = ()) -> str:
     """Convert the PyTorch/Caffe2/safetensors checkpoint `src` for `arch` into directory `dst`.
 
     Steps: refuse a `dst` that cannot be written or holds something else -> load `src`
@@ -51,6 +51,13 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
     summary says with the last layer left; a head only partly there is an error naming what
     is missing.
 
+    `ignore`: glob patterns (fnmatch, on the keys after the prefix is removed) of tensors to
+    leave out, e.g. "fc.*" for a self-supervised projection head (MoCo v2's fc.0, fc.2) in
+    the classifier's place: the model is then converted without a head. A pattern that
+    matches no tensor is a KvjaxError (a typo would otherwise convert something else). The
+    patterns are recorded in the manifest's "source"; where the only unexpected tensors sit
+    under the head's module, the mismatch error suggests the pattern.
+
     Returns a summary.
     """
     from flax import nnx
@@ -67,6 +74,7 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
     if existing is not None:
         _check_replaceable(dst, existing, arch, digest)
     tensors, used, prefix_line = _select_prefix(tensors, meta, arch, prefix, src, dst)
+    tensors, left_out = _leave_out(tensors, ignore, src)
     tensors = table.prepare(tensors)
     table.require(tensors, meta)
     config = table.config(tensors, meta)
@@ -79,6 +87,8 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
             raise WeightsMismatchError(
                 f"{e}. The classifier head ({', '.join(table.head)}) is only partly in the "
                 f"file: a checkpoint without its head must lack all of it") from None
+        if (hint := _head_module_hint(table, tensors, config)) is not None:
+            raise WeightsMismatchError(f"{e}. {hint}") from None
         guess = guess_arch(tensors, meta)
         if guess and guess[0] != arch:
             raise WeightsMismatchError(f"{e}. The file looks like a {guess[0]!r} checkpoint "
@@ -98,6 +108,8 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
     source = {"path": os.path.abspath(src), "sha256": digest, "layout": table.source}
     if used:
         source["prefix"] = used
+    if ignore:
+        source["ignored"] = list(ignore)
     manifest = model_checkpoint.save(dst, arch, state, {"config": config, "source": source},
                                      verify=verify)
     headless = table.head_in(tensors) == "none"
@@ -105,6 +117,8 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
         f"converted {src} ({len(tensors)} tensors, {len(ignored)} declared irrelevant"
         f"{': ' + _short(ignored, 3) if ignored else ''}) -> {dst}",
         *([f"  {prefix_line}"] if prefix_line else []),
+        *([f"  left out by --ignore {' '.join(map(shlex.quote, ignore))}: {len(left_out)} "
+           f"tensors ({_short(left_out, 4)})"] if ignore else []),
         f"  arch {arch}, config {config or 'default'}, {manifest['tensors']} arrays, "
         f"{manifest['weights']:,} weights",
         *([f"  no classifier head in the file ({', '.join(table.head)}): converted without "
@@ -389,6 +403,39 @@ def _select_prefix(tensors: dict[str, np.ndarray], meta: Mapping | None, arch: s
     return kept, p, (f"key prefix {p!r} found: the only one under which the tensors fit "
                      f"{arch} ({_reason(arch, fit)}); {len(kept)} of {len(tensors)} tensors "
                      f"converted, those outside it left out (--prefix chooses another)")
+
+
+def _leave_out(tensors: dict[str, np.ndarray], patterns: Sequence[str], src: str
+               ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """(the tensors none of `patterns` matches, the keys left out); a pattern that matches
+    nothing is a KvjaxError listing a few keys there are."""
+    left_out = []
+    for p in patterns:
+        hit = [k for k in tensors if fnmatch.fnmatchcase(k, p)]
+        if not hit:
+            raise KvjaxError(f"--ignore {p!r} matches no tensor of {src} (keys such as "
+                             f"{_short(list(tensors), 4)})")
+        left_out += [k for k in hit if k not in left_out]
+    return {k: v for k, v in tensors.items() if k not in left_out}, left_out
+
+
+def _head_module_hint(table: tables.Table, tensors: Mapping[str, np.ndarray],
+                      config: Mapping[str, Any]) -> str | None:
+    """When every tensor the table does not expect sits under the module of its classifier
+    head (MoCo v2's projection MLP fc.0, fc.2 where torchvision's fc belongs), how to convert
+    without them; else None."""
+    if not table.head:
+        return None
+    mapping = table.mapping(**config)
+    unexpected = [k for k in tensors if k not in mapping
+                  and not any(fnmatch.fnmatchcase(k, p) for p in table.ignore)]
+    modules = {h.split(".")[0] + "." for h in table.head}
+    under = [m for m in modules if unexpected and all(k.startswith(m) for k in unexpected)]
+    if not under:
+        return None
+    return (f"The unexpected tensors all sit under {under[0]!r}, where the classifier head "
+            f"belongs (a projection head?): --ignore '{under[0]}*' leaves them out and "
+            f"converts the network without a head")
 
 
 def _names_fit(arch: str, tensors: Mapping[str, np.ndarray], meta: Mapping | None) -> bool:

@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
                       "removed; without it the keys are used as they are, or, where they do "
                       "not fit --arch, under the one prefix they fit ('' keeps the keys as "
                       "they are)")
+    conv.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
+                      help="leave out the tensors whose keys (after --prefix) match this glob "
+                      "pattern, e.g. 'fc.*' for a self-supervised projection head in the "
+                      "classifier's place (repeatable)")
 
     ins = sub.add_parser("inspect", help="list a checkpoint's tensors and guess its architecture")
     ins.add_argument("src")
@@ -184,7 +188,8 @@ def _dispatch(args) -> int:
             return run(args)
         if args.command == "convert":
             from converters.commands import convert
-            print(convert(args.src, args.dst, args.arch, dict(args.hparam), args.prefix))
+            print(convert(args.src, args.dst, args.arch, dict(args.hparam), args.prefix,
+                          args.ignore))
             return 0
         if args.command == "inspect":
             from converters.commands import inspect

@@ -293,3 +293,38 @@ def test_headless_conversion_matches_pytorch(arch, tmp_path):
     got = torch_refs.all_layers(c.model, x)
     assert set(got) == set(want)
     torch_refs.compare(got, want)
+
+
+# ------------------------------------------------------------------------------ --ignore
+
+def test_a_projection_head_in_the_classifiers_place_is_left_out_with_ignore(tmp_path, capsys):
+    # MoCo v2 / SimCLR keep an MLP (fc.0, fc.2) where torchvision's classifier `fc` was: the
+    # mismatch names --ignore 'fc.*', which converts the backbone without a head; a pattern
+    # that matches nothing is refused before anything is written.
+    _, q = _backbone(seed=3)
+    g = torch.Generator().manual_seed(4)
+    mlp = {"fc.0.weight": torch.randn(512, 512, generator=g), "fc.0.bias": torch.zeros(512),
+           "fc.2.weight": torch.randn(128, 512, generator=g), "fc.2.bias": torch.zeros(128)}
+    src = str(tmp_path / "mocov2.pth")
+    torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in {**q, **mlp}.items()}},
+               src)
+    with pytest.raises(WeightsMismatchError) as e:
+        commands.convert(src, str(tmp_path / "a"), ARCH, prefix="encoder_q.")
+    assert "unexpected 4" in str(e.value) and "--ignore 'fc.*' leaves them out" in str(e.value)
+    with pytest.raises(KvjaxError, match=r"--ignore 'fcx\.\*' matches no tensor"):
+        commands.convert(src, str(tmp_path / "b"), ARCH, prefix="encoder_q.",
+                         ignore=["fc.*", "fcx.*"])
+    assert not os.path.exists(tmp_path / "b")
+    dst = str(tmp_path / "ck")
+    assert main(["convert", src, dst, "--arch", ARCH, "--prefix", "encoder_q.",
+                 "--ignore", "fc.*"]) == 0
+    out = capsys.readouterr().out
+    assert "left out by --ignore 'fc.*': 4 tensors (fc.0.weight, fc.0.bias, fc.2.weight, " \
+           "fc.2.bias)" in out
+    assert "no classifier head in the file (fc.weight, fc.bias)" in out
+    man = model_checkpoint.read_manifest(dst)
+    assert man["source"]["ignored"] == ["fc.*"] and man["config"] == {"num_classes": 0}
+    model = kvjax.load_model(ARCH, checkpoint=dst)
+    assert model.layer_names()[-1] == "avgpool"
+    np.testing.assert_array_equal(
+        np.asarray(model.net.stem.kernel[...]).transpose(4, 3, 0, 1, 2), q["stem.0.weight"].numpy())
