@@ -193,24 +193,29 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(converted, tmp_path,
     assert _tree(tmp_path) == before
 
 
-def _unwritable_folder(tmp_path):
+def _unwritable_folder(tmp_path, monkeypatch):
     """A folder this process may not write in: a read-only one of tmp_path, or, for root
-    (who writes anywhere permissions allow), a read-only kernel folder such as /proc/sys."""
+    (who writes anywhere permissions allow), a read-only kernel folder such as /proc/sys;
+    where there is none, tmp_path's read-only folder with os.access reporting it so (what
+    the permission check reads), so the refusal is always exercised."""
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     if not os.access(locked, os.W_OK):
         return locked
-    locked.chmod(0o755)
     found = next((p for p in ("/proc/sys", "/sys") if os.path.isdir(p)
                   and not os.access(p, os.W_OK)), None)
-    if found is None:
-        pytest.skip("running as root with no read-only folder to write into")
-    return found
+    if found is not None:
+        locked.chmod(0o755)
+        return found
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **kw: False if (
+        os.path.abspath(p) == str(locked) and mode & os.W_OK) else access(p, mode, *a, **kw))
+    return locked
 
 
-def test_unwritable_destination_exits_2(converted, tmp_path, capsys):
-    locked = _unwritable_folder(tmp_path)
+def test_unwritable_destination_exits_2(converted, tmp_path, capsys, monkeypatch):
+    locked = _unwritable_folder(tmp_path, monkeypatch)
     before = sorted(os.listdir(locked))
     try:
         assert main(["convert", converted[2], os.path.join(locked, "kvjax-out"),
