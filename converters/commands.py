@@ -94,7 +94,7 @@ def convert(src: str, dst: str, arch: str, hparams: Mapping[str, Any] | None = N
             raise WeightsMismatchError(f"{e}. The file looks like a {guess[0]!r} checkpoint "
                                        f"({guess[1]}): try --arch {guess[0]}") from None
         raise
-    ignored = sorted(k for k in tensors if any(fnmatch.fnmatchcase(k, p) for p in table.ignore))
+    ignored = sorted(k for k in tensors if table.irrelevant(k))
     state = nnx.to_pure_dict(nnx.state(net))
     del net  # the check loads the written checkpoint afresh, as a user would
     layers: list[str] = []
@@ -308,7 +308,7 @@ def _fit(arch: str, tensors: Mapping[str, np.ndarray], meta: Mapping | None
         shapes = _expected_shapes(arch, json.dumps(config, sort_keys=True)) if named else {}
     except Exception:  # a table that cannot even read this file's config does not fit
         return None
-    relevant = {k for k in prepared if not any(fnmatch.fnmatchcase(k, p) for p in table.ignore)}
+    relevant = {k for k in prepared if not table.irrelevant(k)}
     fit = sum(1 for k in named
               if _layout_shape(mapping[k][1], np.shape(prepared[k])) == shapes.get(mapping[k][0]))
     return fit / max(len(set(mapping) | relevant), 1), fit, len(mapping), config
@@ -428,7 +428,7 @@ def _head_module_hint(table: tables.Table, tensors: Mapping[str, np.ndarray],
         return None
     mapping = table.mapping(**config)
     unexpected = [k for k in tensors if k not in mapping
-                  and not any(fnmatch.fnmatchcase(k, p) for p in table.ignore)]
+                  and not table.irrelevant(k)]
     modules = {h.split(".")[0] + "." for h in table.head}
     under = [m for m in modules if unexpected and all(k.startswith(m) for k in unexpected)]
     if not under:
@@ -447,7 +447,7 @@ def _names_fit(arch: str, tensors: Mapping[str, np.ndarray], meta: Mapping | Non
         mapping = table.mapping(**table.config(prepared, meta))
     except Exception:  # noqa: BLE001 - `convert` calls config again and reports it
         return False
-    relevant = {k for k in prepared if not any(fnmatch.fnmatchcase(k, p) for p in table.ignore)}
+    relevant = {k for k in prepared if not table.irrelevant(k)}
     return relevant == set(mapping)
 
 

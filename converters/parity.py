@@ -25,7 +25,6 @@ A failed check raises ParityError (a KvjaxError), so nothing is written.
 """
 from __future__ import annotations
 
-import fnmatch
 from typing import Any, Mapping
 
 import numpy as np
@@ -85,7 +84,7 @@ def weights_round_trip(model, tensors: Mapping[str, np.ndarray], table: tables.T
                           f"{len(bad)} of {len(mapping)} tensors differ ({'; '.join(bad[:5])}"
                           f"{' ...' if len(bad) > 5 else ''}); nothing was written")
     ignored = [k for k in tensors if k not in mapping
-               and any(fnmatch.fnmatchcase(k, p) for p in table.ignore)]
+               and table.irrelevant(k)]
     return {"checked": len(mapping), "ignored": len(ignored), "max_abs_error": worst}
 
 

@@ -34,6 +34,7 @@ reading every stored array back into the PyTorch tensor it came from.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import importlib
 from typing import Any, Callable, Mapping
 
@@ -142,6 +143,10 @@ class Table:
     head: tuple[str, ...] = ()
     # the keys of the classifier head (PyTorch names, after `prepare`): all absent, the
     # model is built without it; () for an architecture without a classifier
+
+    def irrelevant(self, key: str) -> bool:
+        """Whether `key` is one the table declares irrelevant (`ignore`)."""
+        return any(fnmatch.fnmatchcase(key, p) for p in self.ignore)
 
     def head_in(self, tensors: Mapping[str, Any]) -> str:
         """How much of the classifier head (`head`) `tensors` hold: "all", "none" or "part"
